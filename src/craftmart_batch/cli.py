@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from . import __version__
@@ -61,15 +60,23 @@ def _root(
 
 
 class _Progress:
-    """Stage lines on stderr, each closed with its duration."""
+    """Stage lines on stderr, each closed with its duration.
 
-    def __init__(self, enabled: bool = True) -> None:
+    The banner waits for the first stage, so a run that cannot start (unreachable
+    database, broken source) prints nothing but its one error line.
+    """
+
+    def __init__(self, enabled: bool = True, banner: str | None = None) -> None:
         self.enabled = enabled
+        self.banner = banner
         self.current: str | None = None
         self.started = 0.0
 
     def __call__(self, stage: str) -> None:
         self.done()
+        if self.enabled and self.banner is not None:
+            print(self.banner, file=sys.stderr, flush=True)
+            self.banner = None
         self.current, self.started = stage, time.perf_counter()
         if self.enabled:
             print(f"  {stage} ...", end="", file=sys.stderr, flush=True)
@@ -109,9 +116,7 @@ def run(
 
     settings = _settings(config, dsn, wait)
     db = _database(settings)
-    progress = _Progress(enabled=not as_json)
-    if not as_json:
-        print(f"craftmart-batch run on {db.display()}", file=sys.stderr)
+    progress = _Progress(enabled=not as_json, banner=f"craftmart-batch run on {db.display()}")
     try:
         result = pipeline.run(settings, db, full=full, progress=progress)
     finally:
@@ -239,16 +244,29 @@ def main() -> None:
     except CraftmartError as exc:
         print(f"craftmart-batch: error: {exc}", file=sys.stderr)
         sys.exit(int(exc.exit_code))
-    except click.UsageError as exc:
-        print(f"craftmart-batch: error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(int(ExitCode.CANNOT_START))
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        print("craftmart-batch: interrupted; the run's transaction was rolled back",
-              file=sys.stderr)
+    except (KeyboardInterrupt, typer.Abort):
+        print("craftmart-batch: interrupted; nothing was committed", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if message.startswith("Usage:"):  # no command given: the help is the answer
+            print(message, file=sys.stderr)
+        else:
+            print(f"craftmart-batch: error: {message}", file=sys.stderr)
+        sys.exit(int(ExitCode.CANNOT_START))
     sys.exit(int(ExitCode.OK))
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """A bad command line, as the option parser reports it (its classes are internal)."""
+    return type(exc).__name__ in {"UsageError", "BadParameter", "NoSuchOption", "MissingParameter",
+                                  "BadOptionUsage", "BadArgumentUsage"} or (
+        hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == 2
+    )
 
 
 if __name__ == "__main__":

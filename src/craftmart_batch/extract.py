@@ -58,34 +58,45 @@ def check_sources(conn: Any, sources: Sequence[Source]) -> None:
     cur.close()
 
     for source in sources:
-        label = f"source {source.name!r}"
         if source.schema not in present_schemas:
-            raise CraftmartError(f"{label}: schema {source.schema} does not exist")
+            raise CraftmartError(f"source {source.name!r}: schema {source.schema} does not exist")
         aliases = {ORDER_TABLE_ALIAS: source.table} | {j.name: j.table for j in source.joins}
         for table in aliases.values():
             if (source.schema, table) not in columns:
-                raise CraftmartError(f"{label}: table {source.schema}.{table} does not exist")
-
-        def require(alias: str, column: str, kind: str | None, what: str) -> None:
-            table = aliases[alias]
-            found = columns[(source.schema, table)].get(column)
-            qualified = f"{source.schema}.{table}.{column}"
-            if found is None:
-                raise CraftmartError(f"{label}: column {qualified} ({what}) does not exist")
-            if kind is not None and found not in _ACCEPTED_TYPES[kind]:
                 raise CraftmartError(
-                    f"{label}: column {qualified} ({what}) has type {found}, "
-                    f"expected {kind} ({', '.join(sorted(_ACCEPTED_TYPES[kind]))})"
+                    f"source {source.name!r}: table {source.schema}.{table} does not exist"
                 )
-
-        require(ORDER_TABLE_ALIAS, source.key, "integer", "order key")
+        needed = [(ORDER_TABLE_ALIAS, source.key, "integer", "order key")]
         for join in source.joins:
             for left, right in join.on:
                 left_alias, _, left_col = left.partition(".")
-                require(left_alias, left_col, None, f"join {join.name}")
-                require(join.name, right, None, f"join {join.name}")
-        for canonical, alias, column in source.columns:
-            require(alias, column, CANONICAL_FIELDS[canonical], canonical)
+                needed += [(left_alias, left_col, None, f"join {join.name}"),
+                           (join.name, right, None, f"join {join.name}")]
+        needed += [(alias, column, CANONICAL_FIELDS[canonical], canonical)
+                   for canonical, alias, column in source.columns]
+        for alias, column, kind, what in needed:
+            table = aliases[alias]
+            _require_column(source, table, columns[(source.schema, table)], column, kind, what)
+
+
+def _require_column(
+    source: Source,
+    table: str,
+    table_columns: dict[str, str],
+    column: str,
+    kind: str | None,
+    what: str,
+) -> None:
+    found = table_columns.get(column)
+    qualified = f"{source.schema}.{table}.{column}"
+    label = f"source {source.name!r}"
+    if found is None:
+        raise CraftmartError(f"{label}: column {qualified} ({what}) does not exist")
+    if kind is not None and found not in _ACCEPTED_TYPES[kind]:
+        raise CraftmartError(
+            f"{label}: column {qualified} ({what}) has type {found}, "
+            f"expected {kind} ({', '.join(sorted(_ACCEPTED_TYPES[kind]))})"
+        )
 
 
 def source_query(source: Source) -> str:

@@ -108,6 +108,9 @@ def run(
     started_at = time.time()
     conn = connect(db)
     try:
+        # Refuse a broken source before the first stage is reported or anything is
+        # written: a run that cannot start is one error line (SPEC §7).
+        extract.check_sources(conn, settings.sources)
         with _stage(report, "lock", progress):
             acquire_lock(conn, wait=settings.wait_for_lock)
             if settings.statement_timeout:
@@ -115,7 +118,6 @@ def run(
                         (settings.statement_timeout,))
         with _stage(report, "schema", progress):
             report.migrations = schema.migrate(conn)
-            extract.check_sources(conn, settings.sources)
             report.run_ts = _set_run_timestamp(conn)
         with _stage(report, "pull", progress):
             canonical = extract.pull_sources(db, settings.sources)

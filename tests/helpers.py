@@ -1,0 +1,156 @@
+"""Test helpers: put orders into the real source schemas, run the pipeline, read tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from craftmart_batch import pipeline
+from craftmart_batch._database import Database, connect
+from craftmart_batch._sql import execute, execute_script, fetch_frame, fetch_value
+from craftmart_batch.config import Settings, load_settings
+
+SOURCES = ("source1", "source2", "source3", "external_source")
+
+#: A valid canonical order; tests override what they care about.
+DEFAULT_ORDER: dict[str, Any] = {
+    "craftsman_name": "Ann Potter",
+    "craftsman_address": "1 Clay St",
+    "craftsman_birthday": dt.date(1980, 1, 2),
+    "craftsman_email": "ann@craft.example",
+    "product_name": "Mug",
+    "product_description": "A blue mug",
+    "product_type": "ceramics",
+    "product_price": 100,
+    "order_created_date": dt.date(2024, 1, 5),
+    "order_completion_date": None,
+    "order_status": "created",
+    "customer_name": "Bob Buyer",
+    "customer_address": "2 Market Rd",
+    "customer_birthday": dt.date(1990, 5, 6),
+    "customer_email": "bob@buyer.example",
+}
+
+
+def create_sources(db: Database) -> None:
+    """Create the four source schemas exactly as the contract's DDL."""
+    conn = connect(db)
+    try:
+        script = resources.files("craftmart_batch").joinpath("_schema/sources.sql").read_text()
+        execute_script(conn, script)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _insert(conn: Any, table: str, values: dict[str, Any], returning: str) -> int:
+    columns = list(values)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    return int(
+        fetch_value(
+            conn,
+            f"insert into {table} ({', '.join(columns)}) values ({placeholders})"
+            f" returning {returning}",
+            tuple(values.values()),
+        )
+    )
+
+
+def add_order(db: Database, source: str, **fields: Any) -> int:
+    """Insert one order into ``source``'s tables; return its source order key.
+
+    source2 and source3 get their own parent rows (craftsman/product, customer) for
+    each order, which is how they look when different people sell and buy.
+    """
+    row = {**DEFAULT_ORDER, **fields}
+    pick = {k: row[k] for k in row}
+    craftsman = {k: pick[k] for k in pick if k.startswith("craftsman_")}
+    customer = {k: pick[k] for k in pick if k.startswith("customer_")}
+    product = {k: pick[k] for k in pick if k.startswith("product_")}
+    order = {k: pick[k] for k in pick if k.startswith("order_")}
+    conn = connect(db)
+    try:
+        if source == "source1":
+            key = _insert(conn, "source1.craft_market_wide",
+                          {**craftsman, **product, **order, **customer}, "order_id")
+        elif source == "source2":
+            craftsman_id = _insert(conn, "source2.craft_market_masters_products",
+                                   {**craftsman, **product}, "craftsman_id")
+            product_id = fetch_value(
+                conn,
+                "select product_id from source2.craft_market_masters_products"
+                " where craftsman_id = $1",
+                (craftsman_id,),
+            )
+            if fields.get("_missing_product"):
+                product_id = -1
+            key = _insert(conn, "source2.craft_market_orders_customers",
+                          {"craftsman_id": craftsman_id, "product_id": product_id, **order,
+                           **customer}, "order_id")
+        elif source == "source3":
+            craftsman_id = _insert(conn, "source3.craft_market_craftsmans", craftsman,
+                                   "craftsman_id")
+            customer_id = _insert(conn, "source3.craft_market_customers", customer,
+                                  "customer_id")
+            key = _insert(conn, "source3.craft_market_orders",
+                          {"craftsman_id": craftsman_id, "customer_id": customer_id, **product,
+                           **order}, "order_id")
+        elif source == "external_source":
+            customer_id = _insert(conn, "external_source.customers", customer, "customer_id")
+            key = _insert(conn, "external_source.craft_products_orders",
+                          {**craftsman, **product, **order, "customer_id": customer_id},
+                          "order_id")
+        else:
+            raise ValueError(source)
+        conn.commit()
+    finally:
+        conn.close()
+    return key
+
+
+def sql(db: Database, statement: str, parameters: tuple[Any, ...] | None = None) -> None:
+    """Run one statement on the database and commit."""
+    conn = connect(db)
+    try:
+        execute(conn, statement, parameters)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def query(db: Database, statement: str, parameters: tuple[Any, ...] | None = None) -> pl.DataFrame:
+    conn = connect(db)
+    try:
+        return fetch_frame(conn, statement, parameters)
+    finally:
+        conn.close()
+
+
+def settings_for(db: Database, config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings that point at ``db`` (the default four sources unless a config adds more)."""
+    return load_settings(config, dsn=db.libpq_uri(), **overrides)
+
+
+def run(db: Database, *, full: bool = False, config: Path | None = None) -> pipeline.RunReport:
+    return pipeline.run(settings_for(db, config), db, full=full)
+
+
+def mart(db: Database, name: str) -> pl.DataFrame:
+    """A mart without its row id, numerics as text, in a stable order: for equality checks."""
+    columns = query(
+        db,
+        "select column_name, data_type from information_schema.columns"
+        " where table_schema = 'marts' and table_name = $1 and column_name <> 'id'"
+        " order by ordinal_position",
+        (name,),
+    )
+    select = ", ".join(
+        f"{c}::text as {c}" if t == "numeric" else c
+        for c, t in columns.iter_rows()
+    )
+    entity = "customer_id" if name.startswith("customer") else "craftsman_id"
+    return query(db, f"select {select} from marts.{name}").sort(entity, "report_period")
