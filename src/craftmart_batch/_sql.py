@@ -82,7 +82,11 @@ def stage(conn: Any, name: str, frame: pl.DataFrame) -> str:
         cur.adbc_ingest(name, frame.to_arrow(), mode="create", temporary=True)
     finally:
         cur.close()
-    return f"pg_temp.{quote_ident(name)}"
+    qualified = f"pg_temp.{quote_ident(name)}"
+    # Temporary tables have no statistics until analysed; the planner needs them to
+    # pick index lookups for a small stage and hash joins for a large one.
+    execute(conn, f"analyze {qualified}")
+    return qualified
 
 
 def database_error(exc: BaseException, doing: str) -> CraftmartError:

@@ -96,39 +96,17 @@ def diff_warehouse(current: Warehouse, target: Warehouse) -> WarehouseDiff:
     )
 
 
-def write_warehouse(conn: Any, diff: WarehouseDiff) -> None:
+def write_warehouse(conn: Any, current: Warehouse, diff: WarehouseDiff) -> None:
     """Apply the diff: dimensions first, then facts, then entities left without orders.
 
-    Orders that are deleted, or that move to another customer or craftsman, leave
-    their former owners in ``craftmart.order_change_log`` so the marts revisit them.
+    Surrogate ids are resolved in Polars (current ids, plus the ids the upserts return),
+    so the fact write is a plain keyed upsert. Orders that are deleted, or that move to
+    another customer or craftsman, leave their former owners in
+    ``craftmart.order_change_log`` so the marts revisit them.
     """
-    _upsert_person(conn, "craftsman", diff.craftsmen)
-    _upsert_person(conn, "customer", diff.customers)
-    if not diff.products.upserts.is_empty():
-        staged = stage(conn, "stage_d_product", diff.products.upserts)
-        execute(
-            conn,
-            f"""
-            insert into dwh.d_product as p (
-                craftsman_id, product_name, product_description, product_type,
-                product_price, load_dttm
-            )
-            select
-                craftsman.craftsman_id,
-                staged.product_name,
-                staged.product_description,
-                staged.product_type,
-                staged.product_price,
-                {RUN_TS}
-            from {staged} as staged
-            inner join dwh.d_craftsman as craftsman
-                on craftsman.craftsman_email = staged.craftsman_email
-            on conflict on constraint d_product_natural_uq do update set
-                product_type = excluded.product_type,
-                product_price = excluded.product_price,
-                load_dttm = excluded.load_dttm
-            """,
-        )
+    craftsman_ids = _upsert_person(conn, "craftsman", current.craftsmen, diff.craftsmen)
+    customer_ids = _upsert_person(conn, "customer", current.customers, diff.customers)
+    product_ids = _upsert_products(conn, current.products, diff.products, craftsman_ids)
     if not diff.orders.deleted.is_empty():
         staged = stage(conn, "stage_f_order_deleted", diff.orders.deleted.select("order_id"))
         execute(
@@ -146,39 +124,28 @@ def write_warehouse(conn: Any, diff: WarehouseDiff) -> None:
             """,
         )
     if not diff.orders.upserts.is_empty():
-        staged = stage(conn, "stage_f_order", diff.orders.upserts)
+        resolved = (
+            diff.orders.upserts.join(craftsman_ids, on="craftsman_email", how="left")
+            .join(customer_ids, on="customer_email", how="left")
+            .join(product_ids, on=list(PRODUCT_KEY), how="left", nulls_equal=True)
+            .select(
+                "source_name", "source_order_id", "product_id", "craftsman_id", "customer_id",
+                "order_created_date", "order_completion_date", "order_status", "product_price",
+            )
+        )
+        staged = stage(conn, "stage_f_order", resolved)
         execute(
             conn,
             f"""
-            with resolved_orders as (
-                select
-                    staged.source_name,
-                    staged.source_order_id,
-                    product.product_id,
-                    craftsman.craftsman_id,
-                    customer.customer_id,
-                    staged.order_created_date,
-                    staged.order_completion_date,
-                    staged.order_status,
-                    staged.product_price
-                from {staged} as staged
-                inner join dwh.d_craftsman as craftsman
-                    on craftsman.craftsman_email = staged.craftsman_email
-                inner join dwh.d_customer as customer
-                    on customer.customer_email = staged.customer_email
-                inner join dwh.d_product as product
-                    on product.craftsman_id = craftsman.craftsman_id
-                    and product.product_name is not distinct from staged.product_name
-                    and product.product_description is not distinct from staged.product_description
-            ),
-
-            orders_moved_away as (
+            with orders_moved_away as (
                 insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
                 select {RUN_TS}, f.customer_id, f.craftsman_id
                 from dwh.f_order as f
-                inner join resolved_orders as r
-                    on r.source_name = f.source_name and r.source_order_id = f.source_order_id
-                where f.customer_id <> r.customer_id or f.craftsman_id <> r.craftsman_id
+                inner join {staged} as staged
+                    on staged.source_name = f.source_name
+                    and staged.source_order_id = f.source_order_id
+                where f.customer_id <> staged.customer_id
+                    or f.craftsman_id <> staged.craftsman_id
             )
 
             insert into dwh.f_order as f (
@@ -190,7 +157,7 @@ def write_warehouse(conn: Any, diff: WarehouseDiff) -> None:
                 source_name, source_order_id, product_id, craftsman_id, customer_id,
                 order_created_date, order_completion_date, order_status, product_price,
                 {RUN_TS}
-            from resolved_orders
+            from {staged}
             on conflict (source_name, source_order_id) do update set
                 product_id = excluded.product_id,
                 craftsman_id = excluded.craftsman_id,
@@ -207,22 +174,66 @@ def write_warehouse(conn: Any, diff: WarehouseDiff) -> None:
     _delete_by_id(conn, "d_craftsman", "craftsman_id", diff.craftsmen.deleted)
 
 
-def _upsert_person(conn: Any, entity: str, table_diff: TableDiff) -> None:
+def _upsert_person(
+    conn: Any, entity: str, current: pl.DataFrame, table_diff: TableDiff
+) -> pl.DataFrame:
+    """Write new and changed people; return every person's (id, email) after the write."""
+    id_col, email = f"{entity}_id", f"{entity}_email"
+    ids = current.select(id_col, email)
     if table_diff.upserts.is_empty():
-        return
+        return ids
     staged = stage(conn, f"stage_d_{entity}", table_diff.upserts)
     attrs = [f"{entity}_name", f"{entity}_address", f"{entity}_birthday"]
-    execute(
+    written = fetch_frame(
         conn,
         f"""
-        insert into dwh.d_{entity} ({", ".join(attrs)}, {entity}_email, load_dttm)
-        select {", ".join(attrs)}, {entity}_email, {RUN_TS}
+        insert into dwh.d_{entity} ({", ".join(attrs)}, {email}, load_dttm)
+        select {", ".join(attrs)}, {email}, {RUN_TS}
         from {staged}
-        on conflict ({entity}_email) do update set
+        on conflict ({email}) do update set
             {", ".join(f"{a} = excluded.{a}" for a in attrs)},
             load_dttm = excluded.load_dttm
+        returning {id_col}, {email}
         """,
     )
+    return pl.concat([ids.join(written, on=email, how="anti"), written.cast(ids.schema)])
+
+
+def _upsert_products(
+    conn: Any, current: pl.DataFrame, table_diff: TableDiff, craftsman_ids: pl.DataFrame
+) -> pl.DataFrame:
+    """Write new and changed products; return every product's id by natural key."""
+    ids = current.select("product_id", *PRODUCT_KEY)
+    if table_diff.upserts.is_empty():
+        return ids
+    staged = stage(
+        conn,
+        "stage_d_product",
+        table_diff.upserts.join(craftsman_ids, on="craftsman_email", how="left"),
+    )
+    written = fetch_frame(
+        conn,
+        f"""
+        insert into dwh.d_product as p (
+            craftsman_id, product_name, product_description, product_type,
+            product_price, load_dttm
+        )
+        select
+            craftsman_id, product_name, product_description, product_type,
+            product_price, {RUN_TS}
+        from {staged}
+        on conflict on constraint d_product_natural_uq do update set
+            product_type = excluded.product_type,
+            product_price = excluded.product_price,
+            load_dttm = excluded.load_dttm
+        returning product_id, craftsman_id, product_name, product_description
+        """,
+    ).join(craftsman_ids, on="craftsman_id", how="left").select(ids.columns)
+    key = list(PRODUCT_KEY)
+    return pl.concat([
+        ids.join(written, on=key, how="anti", nulls_equal=True),
+        written.cast(ids.schema),
+    ])
 
 
 def _delete_by_id(conn: Any, table: str, id_column: str, deleted: pl.DataFrame) -> None:

@@ -129,7 +129,7 @@ def run(
             current = load.read_current(conn)
             diff = load.diff_warehouse(current, target)
         with _stage(report, "write", progress):
-            load.write_warehouse(conn, diff)
+            load.write_warehouse(conn, current, diff)
             report.quarantine = load.write_quarantine(conn, quarantine)
         report.dwh = diff.counts()
         report.sources = _source_counts(settings, canonical, valid, quarantine)

@@ -229,7 +229,9 @@ def test_product_type_and_price_come_from_the_latest_order() -> None:
     assert w.products.select("product_type", "product_price").to_dicts() == [
         {"product_type": "ceramics", "product_price": 120}
     ]
-    assert w.orders.select("source_order_id", "product_price").to_dicts() == [
+    assert w.orders.sort("source_name", "source_order_id").select(
+        "source_order_id", "product_price"
+    ).to_dicts() == [
         {"source_order_id": 3, "product_price": 5},
         {"source_order_id": 1, "product_price": 80},
         {"source_order_id": 2, "product_price": 120},
@@ -257,7 +259,7 @@ def test_orders_are_one_per_source_and_key() -> None:
         row("source2", 7, order_status="IN PROGRESS"),
         row("source2", 8),
     )
-    assert w.orders.select(
+    assert w.orders.sort("source_name", "source_order_id").select(
         "source_name", "source_order_id", "order_status", "order_completion_date"
     ).to_dicts() == [
         {"source_name": "source1", "source_order_id": 7, "order_status": "done",

@@ -327,6 +327,34 @@ def test_every_row_is_valid_or_quarantined_and_every_valid_order_is_one_fact(
     assert input_keys_with_a_valid_row == valid_keys
 
 
+@PROPERTY_SETTINGS
+@given(rows=rows_strategy)
+def test_attributes_come_from_the_latest_valid_row(rows: list[dict[str, Any]]) -> None:
+    """Each person's and product's attributes are those of its valid row with the largest
+    (order_created_date, source_rank, source_order_id), computed here in plain Python."""
+    valid, _, w = run(rows)
+    valid_rows = valid.to_dicts()
+    for r in valid_rows:
+        for person in ("craftsman", "customer"):
+            r[f"{person}_email"] = r[f"{person}_email"].strip(" ").lower()
+
+    def recency(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["order_created_date"], r["source_rank"], r["source_order_id"])
+
+    for table in ("craftsmen", "customers", "products"):
+        key, attrs = TABLES[table]
+        winners: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for r in valid_rows:
+            k = tuple(r[c] for c in key)
+            if k not in winners or recency(r) > recency(winners[k]):
+                winners[k] = r
+        expected = pl.DataFrame(
+            [{c: r[c] for c in (*key, *attrs)} for r in winners.values()],
+            schema={c: CANONICAL_SCHEMA[c] for c in (*key, *attrs)},
+        )
+        assert_same_rows(getattr(w, table), expected)
+
+
 # --- diff_table ------------------------------------------------------------------------
 
 diff_key = st.tuples(st.integers(0, 5), st.sampled_from(["a", "b", None]))

@@ -45,12 +45,16 @@ class Warehouse:
     orders: pl.DataFrame
 
 
-def latest_per_key(rows: pl.LazyFrame, key: tuple[str, ...], attrs: tuple[str, ...]) -> pl.LazyFrame:
-    """One row per ``key`` whose ``attrs`` come from the most recent row (``RECENCY``)."""
+def latest_per_key(
+    rows_by_recency: pl.DataFrame, key: tuple[str, ...], attrs: tuple[str, ...]
+) -> pl.DataFrame:
+    """One row per ``key`` whose ``attrs`` come from its most recent row.
+
+    ``rows_by_recency`` must be sorted by ``RECENCY``, so the last row of a key wins.
+    """
     return (
-        rows.sort(list(RECENCY), nulls_last=False)
-        .group_by(list(key), maintain_order=False)
-        .agg(pl.col(list(attrs)).last())
+        rows_by_recency.unique(subset=list(key), keep="last", maintain_order=False)
+        .select(*key, *attrs)
         .sort(list(key), nulls_last=True)
     )
 
@@ -60,17 +64,16 @@ def build_warehouse(valid: pl.DataFrame) -> Warehouse:
 
     People are one row per normalised email, however many sources and spellings;
     products one row per craftsman, name and description; orders one row per
-    (source, order key). Emails are stored normalised.
+    (source, order key). Emails are stored normalised. Dimension frames come sorted
+    by key; the order frame in no particular order.
     """
-    rows = valid.lazy().with_columns(
+    rows_by_recency = valid.with_columns(
         normalised_email("craftsman_email").alias("craftsman_email"),
         normalised_email("customer_email").alias("customer_email"),
+    ).sort(list(RECENCY))
+    return Warehouse(
+        craftsmen=latest_per_key(rows_by_recency, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
+        customers=latest_per_key(rows_by_recency, CUSTOMER_KEY, CUSTOMER_ATTRS),
+        products=latest_per_key(rows_by_recency, PRODUCT_KEY, PRODUCT_ATTRS),
+        orders=rows_by_recency.select(*ORDER_KEY, *ORDER_ATTRS),
     )
-    craftsmen = latest_per_key(rows, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS)
-    customers = latest_per_key(rows, CUSTOMER_KEY, CUSTOMER_ATTRS)
-    products = latest_per_key(rows, PRODUCT_KEY, PRODUCT_ATTRS)
-    orders = rows.select(*ORDER_KEY, *ORDER_ATTRS).sort(list(ORDER_KEY))
-    craftsmen_df, customers_df, products_df, orders_df = pl.collect_all(
-        [craftsmen, customers, products, orders]
-    )
-    return Warehouse(craftsmen_df, customers_df, products_df, orders_df)

@@ -62,39 +62,37 @@ def validate(canonical: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     (in a content order, so the choice does not depend on row order) is kept and the
     others are quarantined as ``duplicate_order_key``.
     """
-    broken = canonical.with_columns(
-        pl.concat_list(
-            [pl.when(expr).then(pl.lit(name)) for name, expr in RULES.items()]
-        ).list.drop_nulls().alias("reasons")
+    flagged = _mark_duplicates(
+        canonical.with_columns(pl.any_horizontal(*RULES.values()).alias(_BROKEN))
     )
-    broken = _mark_duplicates(broken)
-    is_valid = pl.col("reasons").list.len() == 0
-    valid = broken.filter(is_valid).select(
-        pl.exclude("reasons", "missing_reference")
+    rejected = pl.col(_BROKEN) | pl.col(_DUPLICATE)
+    valid = flagged.filter(~rejected).select(
+        pl.exclude(_BROKEN, _DUPLICATE, "missing_reference")
     ).with_columns(normalised_status().alias("order_status"))
+    # Reasons are spelled out for the rejected rows only: a list per row is costly.
+    reasons = [pl.when(expr).then(pl.lit(name)) for name, expr in RULES.items()]
+    reasons.append(pl.when(pl.col(_DUPLICATE)).then(pl.lit(DUPLICATE_RULE)))
     raw_fields = ["source_order_id", *CANONICAL_FIELDS]
-    quarantine = broken.filter(~is_valid).select(
+    quarantine = flagged.filter(rejected).select(
         "source_name",
         "source_order_id",
-        "reasons",
+        pl.concat_list(reasons).list.drop_nulls().alias("reasons"),
         pl.struct(raw_fields).struct.json_encode().alias("raw"),
     )
     return valid, quarantine
 
 
+_BROKEN = "__broken"
+_DUPLICATE = "__duplicate"
+
+
 def _mark_duplicates(frame: pl.DataFrame) -> pl.DataFrame:
-    key_count = pl.len().over(ORDER_KEY)
-    if frame.select((key_count > 1).any()).item() in (False, None):
-        return frame
-    content = [c for c in frame.columns if c != "reasons"]
-    ranked = frame.with_columns(
-        pl.col("reasons").list.len().alias("_broken"),
-    ).sort(["_broken", *content], nulls_last=True)
-    first_of_key = pl.int_range(pl.len()).over(ORDER_KEY) == 0
+    """Flag all but one row of each repeated order key (the first unbroken one)."""
     has_key = pl.col("source_order_id").is_not_null()
-    return ranked.with_columns(
-        pl.when(has_key & ~first_of_key)
-        .then(pl.col("reasons").list.concat(pl.lit([DUPLICATE_RULE])))
-        .otherwise(pl.col("reasons"))
-        .alias("reasons")
-    ).drop("_broken")
+    repeated = pl.struct(*ORDER_KEY).is_duplicated() & has_key
+    if not frame.select(repeated.any()).item():
+        return frame.with_columns(pl.lit(False).alias(_DUPLICATE))
+    content = [c for c in frame.columns if c != _BROKEN]
+    ranked = frame.sort([_BROKEN, *content], nulls_last=True)
+    first_of_key = pl.int_range(pl.len()).over(ORDER_KEY) == 0
+    return ranked.with_columns((has_key & ~first_of_key).alias(_DUPLICATE))
