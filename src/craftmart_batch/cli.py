@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,32 +58,11 @@ def _root(
     )
 
 
-class _Progress:
-    """Stage lines on stderr, each closed with its duration.
+def _Progress(enabled: bool = True, banner: str | None = None) -> Any:
+    """Run stages on stderr: a spinner on a terminal, plain lines otherwise."""
+    from ._progress import StageProgress
 
-    The banner waits for the first stage, so a run that cannot start (unreachable
-    database, broken source) prints nothing but its one error line.
-    """
-
-    def __init__(self, enabled: bool = True, banner: str | None = None) -> None:
-        self.enabled = enabled
-        self.banner = banner
-        self.current: str | None = None
-        self.started = 0.0
-
-    def __call__(self, stage: str) -> None:
-        self.done()
-        if self.enabled and self.banner is not None:
-            print(self.banner, file=sys.stderr, flush=True)
-            self.banner = None
-        self.current, self.started = stage, time.perf_counter()
-        if self.enabled:
-            print(f"  {stage} ...", end="", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self.current is not None and self.enabled:
-            print(f" {time.perf_counter() - self.started:.1f}s", file=sys.stderr, flush=True)
-        self.current = None
+    return StageProgress(enabled=enabled, banner=banner)
 
 
 def _settings(config: Path | None, dsn: str | None, wait: bool | None = None) -> Any:
@@ -165,15 +143,10 @@ def generate(
 
 
 def _generate_progress() -> Any:
-    last: dict[str, int] = {}
+    """Generation progress on stderr: a bar on a terminal, a line per quarter otherwise."""
+    from ._progress import GenerateProgress
 
-    def progress(stage: str, fraction: float) -> None:
-        step = int(fraction * 4)
-        if last.get(stage) != step:
-            last[stage] = step
-            print(f"  {stage}: {fraction:.0%}", file=sys.stderr, flush=True)
-
-    return progress
+    return GenerateProgress()
 
 
 @app.command()
@@ -211,7 +184,9 @@ def quarantine(
     dsn: DsnOption = None,
     config: ConfigOption = None,
     source: Annotated[str | None, typer.Option("--source", help="Only this source.")] = None,
-    rule: Annotated[str | None, typer.Option("--rule", help="Only rows breaking this rule.")] = None,
+    rule: Annotated[
+        str | None, typer.Option("--rule", help="Only rows breaking this rule.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="Rows to show (0: all).")] = 20,
     as_json: JsonOption = False,
 ) -> None:
@@ -227,28 +202,133 @@ def quarantine(
 def status(
     dsn: DsnOption = None,
     config: ConfigOption = None,
+    max_age: Annotated[
+        str | None,
+        typer.Option("--max-age", help="Exit 1 when a mart was last refreshed longer ago than "
+                     "this (90s, 15m, 2h, 1d) or never.", show_default=False),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Freshness of each mart and what is in quarantine."""
+    """Freshness of each mart, the last run, and what is in quarantine."""
+    from . import report
+
+    age = report.parse_age(max_age) if max_age is not None else None
+    settings = _settings(config, dsn)
+    db = _database(settings)
+    state = report.read_status(db, max_age=age)
+    print(state.render(as_json=as_json))
+    if state.stale():
+        raise CraftmartError(state.stale_message(), ExitCode.STALE)
+
+
+@app.command()
+def history(
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+    limit: Annotated[int, typer.Option("--limit", help="Runs to show (0: all).")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """The last runs: start, duration, mode, outcome, rows changed, seconds per stage."""
     from . import report
 
     settings = _settings(config, dsn)
     db = _database(settings)
-    print(report.status(db, as_json=as_json))
+    print(report.history(db, limit=limit, as_json=as_json))
+
+
+@app.command()
+def docs(
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the Markdown here instead of stdout.",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """A Markdown data dictionary of dwh, marts and craftmart from the database's comments."""
+    from . import report
+
+    settings = _settings(config, dsn)
+    db = _database(settings)
+    text = report.data_dictionary(db)
+    if out is None:
+        print(text, end="")
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CraftmartError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {out}", file=sys.stderr)
+
+
+@app.command("report")
+def report_(
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+    out: Annotated[Path, typer.Option("--out", help="The HTML page to write.")] = Path(
+        "report.html"
+    ),
+    notebook: Annotated[
+        Path | None,
+        typer.Option("--notebook", help="The notebook to run (default: "
+                     "notebooks/marts_check.ipynb).", show_default=False),
+    ] = None,
+    timeout: Annotated[
+        int, typer.Option("--timeout", help="Seconds a notebook cell may take.")
+    ] = 600,
+) -> None:
+    """Run the marts-check notebook and export it as one self-contained HTML page."""
+    from . import notebook as nb
+
+    path = nb.find_notebook(notebook)
+    settings = _settings(config, dsn)
+    db = _database(settings)
+    print(f"running {path.name} on {db.display()} ...", file=sys.stderr, flush=True)
+    charts = nb.write_report(path, db, out, config=settings.config_file, timeout=timeout)
+    print(f"wrote {out} ({charts} charts)", file=sys.stderr)
+
+
+@app.command("grant-reader")
+def grant_reader(
+    role: Annotated[str, typer.Argument(help="The role that may read the marts.",
+                                        show_default=False)],
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Let ROLE read the marts (and future mart tables) and nothing else."""
+    from .grants import grant_reader as grant
+
+    settings = _settings(config, dsn)
+    db = _database(settings)
+    result = grant(db, role)
+    print(f"{role} can now read schema marts ({', '.join(result.tables) or 'no tables yet'}),"
+          " including mart tables added later; nothing else")
 
 
 def main() -> None:
     """Entry point: user errors are one line on stderr and a named exit code."""
+    from . import _signals
+
     try:
-        app(standalone_mode=False)
+        with _signals.stop_signals_interrupt():
+            returned = app(standalone_mode=False)
+        # Outside standalone mode typer returns an exit code instead of raising: 130 for
+        # a KeyboardInterrupt it caught, the code of an explicit typer.Exit.
+        if returned == 130:
+            raise KeyboardInterrupt
+        if isinstance(returned, int) and returned:
+            sys.exit(returned)
     except CraftmartError as exc:
         print(f"craftmart-batch: error: {exc}", file=sys.stderr)
         sys.exit(int(exc.exit_code))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        print("craftmart-batch: interrupted; nothing was committed", file=sys.stderr)
-        sys.exit(130)
+        stop = _signals.received()
+        print(f"craftmart-batch: interrupted{f' by {stop.name}' if stop else ''};"
+              " nothing was committed", file=sys.stderr)
+        sys.exit(_signals.exit_code())
     except Exception as exc:
         if not _is_usage_error(exc):
             raise

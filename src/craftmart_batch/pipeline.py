@@ -13,11 +13,12 @@ from typing import Any
 import polars as pl
 
 from . import extract, load, refresh, schema
-from ._database import Database, connect
+from ._database import Database, connect, first_line, redact
 from ._sql import database_error, execute, fetch_value
 from .config import Settings
 from .errors import CraftmartError, LockHeldError
 from .transform.identity import build_warehouse
+from .transform.marts import orders_with_attributes
 from .transform.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ def run(
     started_at = time.time()
     conn = connect(db)
     try:
+        # The server checks every second that this process is still there, even in the
+        # middle of a statement or a lock wait: a killed run's transaction, and the
+        # warehouse lock with it, never outlive the process by more than a second.
+        execute(conn, "select set_config('client_connection_check_interval', '1s', true)")
         # Refuse a broken source before the first stage is reported or anything is
         # written: a run that cannot start is one error line (SPEC §7).
         extract.check_sources(conn, settings.sources)
@@ -129,23 +134,34 @@ def run(
             current = load.read_current(conn)
             diff = load.diff_warehouse(current, target)
         with _stage(report, "write", progress):
-            load.write_warehouse(conn, current, diff)
+            ids = load.write_warehouse(conn, current, diff)
             report.quarantine = load.write_quarantine(conn, quarantine)
         report.dwh = diff.counts()
         report.sources = _source_counts(settings, canonical, valid, quarantine)
+        # The DWH as now written, in memory: what the marts aggregate on an
+        # incremental refresh (--full re-reads it from the database instead).
+        mart_input = orders_with_attributes(
+            ids.resolve(target.orders), target.craftsmen, target.customers, target.products
+        )
         for mart in refresh.MARTS:
             with _stage(report, mart.name, progress):
-                report.marts[mart.name] = refresh.refresh(conn, mart, full=full).as_dict()
+                outcome = refresh.refresh(conn, mart, full=full, dwh_orders=mart_input)
+                report.marts[mart.name] = outcome.as_dict()
         with _stage(report, "commit", progress):
             _record_run(conn, report, started_at)
             conn.commit()
-    except CraftmartError:
+    except CraftmartError as exc:
         _rollback(conn)
+        _record_failure(db, report, started_at, str(exc))
         raise
     except Exception as exc:
         _rollback(conn)
         if _is_driver_error(exc):
-            raise database_error(exc, "the run") from None
+            error = database_error(exc, "the run")
+            _record_failure(db, report, started_at, str(error))
+            raise error from None
+        _record_failure(db, report, started_at,
+                        f"{type(exc).__name__}: {first_line(redact(str(exc)))}")
         raise
     finally:
         _close(conn)
@@ -179,6 +195,41 @@ def _record_run(conn: Any, report: RunReport, started_at: float) -> None:
         """,
         (started_at, "full" if report.full else "incremental", json.dumps(report.as_dict())),
     )
+
+
+def _record_failure(db: Database, report: RunReport, started_at: float, error: str) -> None:
+    """Record a failed run in ``craftmart.runs``, in a short autocommit transaction of its
+    own, after the run's rollback: outcome ``failed`` and the one-line, redacted error.
+
+    Only a run that got the lock is recorded; one that could not start (a broken source,
+    another run holding the lock) did nothing. Best effort: a database that is gone, or
+    a warehouse whose first run failed (no ``craftmart.runs`` yet), records nothing, and
+    the run's own error is what the caller sees either way.
+    """
+    if "lock" not in report.stages:
+        return
+    try:
+        # A short connect timeout: the run may have failed because the server went away.
+        conn = connect(Database({**db.params, "connect_timeout": "5"}), autocommit=True)
+    except Exception:
+        logger.warning("could not record the failed run: the database is unreachable")
+        return
+    try:
+        if fetch_value(conn, "select to_regclass('craftmart.runs')::text") is None:
+            return
+        execute(
+            conn,
+            """
+            insert into craftmart.runs (started_at, finished_at, mode, outcome, stats)
+            values (to_timestamp($1), clock_timestamp(), $2, 'failed', $3::jsonb)
+            """,
+            (started_at, "full" if report.full else "incremental",
+             json.dumps({**report.as_dict(), "error": redact(error)}, default=str)),
+        )
+    except Exception as exc:
+        logger.warning("could not record the failed run: %s", first_line(redact(str(exc))))
+    finally:
+        _close(conn)
 
 
 def _is_driver_error(exc: BaseException) -> bool:

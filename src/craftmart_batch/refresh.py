@@ -127,20 +127,31 @@ class MartRefresh:
         return dict(self.__dict__)
 
 
-def refresh(conn: Any, mart: Mart, *, full: bool) -> MartRefresh:
+def refresh(
+    conn: Any, mart: Mart, *, full: bool, dwh_orders: pl.DataFrame | None = None
+) -> MartRefresh:
     """Bring one mart up to the DWH inside the caller's transaction.
 
-    Incremental: only entities touched after the stored watermark are re-aggregated,
-    and only their rows that differ are written. Full (``--full`` or first refresh):
-    every entity, by the very same function. Then the watermark advances to the run's
-    timestamp.
+    ``dwh_orders`` is every DWH order with its current attributes, as this run wrote
+    them (see ``marts.orders_with_attributes``); without it they are read from the
+    database. Incremental: only entities touched
+    after the stored watermark are re-aggregated, and only their rows that differ are
+    written. First refresh: every entity of ``dwh_orders``. ``--full``: every entity,
+    re-read from the database, by the very same function. Then the watermark advances
+    to the run's timestamp.
     """
     since = None if full else watermark(conn, mart)
     entity = mart.entity_id
-    if since is None:
+    if dwh_orders is None and not full:
+        dwh_orders = fetch_frame(conn, _ORDERS_WITH_ATTRIBUTES)
+    if full or dwh_orders is None:
         scope_sql = ""
-        entity_count = int(fetch_value(conn, f"select count(*) from dwh.d_{entity[:-3]}"))
         orders = fetch_frame(conn, _ORDERS_WITH_ATTRIBUTES)
+        entity_count = orders[entity].n_unique()
+    elif since is None:
+        scope_sql = ""
+        orders = dwh_orders
+        entity_count = orders[entity].n_unique()
     else:
         touched = fetch_frame(
             conn, f"select entity_id from ({mart.touched_since}) as t(entity_id)", (since,)
@@ -151,11 +162,7 @@ def refresh(conn: Any, mart: Mart, *, full: bool) -> MartRefresh:
             return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
         staged_touched = stage(conn, f"touched_{mart.name}", touched)
         scope_sql = f"where m.{entity} in (select entity_id from {staged_touched})"
-        orders = fetch_frame(
-            conn,
-            _ORDERS_WITH_ATTRIBUTES
-            + f" where f.{entity} in (select entity_id from {staged_touched})",
-        )
+        orders = dwh_orders.filter(pl.col(entity).is_in(touched["entity_id"].implode()))
     rows = mart.compute(orders)
     inserted, updated, deleted = _write_rows(conn, mart, rows, scope_sql)
     _advance(conn, mart)
@@ -167,6 +174,15 @@ def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tu
     """Upsert rows that differ; delete rows of the scope that the new rows no longer have."""
     columns = mart.columns
     key = [mart.entity_id, "report_period"]
+    if not scope_sql and fetch_value(conn, f"select not exists (select from {mart.table})"):
+        # First build: nothing to compare with or delete, so a plain bulk insert.
+        cur = conn.cursor()
+        try:
+            cur.adbc_ingest(mart.name, rows.select(columns).to_arrow(), mode="append",
+                            db_schema_name="marts")
+        finally:
+            cur.close()
+        return rows.height, 0, 0
     staged = stage(conn, f"stage_{mart.name}", rows.select(columns))
     non_key = [c for c in columns if c not in key]
     counts = fetch_frame(

@@ -1,9 +1,11 @@
-"""Human-readable and JSON views of runs, marts, quarantine and freshness."""
+"""Human-readable and JSON views of runs, marts, quarantine, freshness and the data dictionary."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -12,6 +14,7 @@ from ._database import Database, connection
 from ._sql import fetch_frame, fetch_value
 from .errors import CraftmartError
 from .pipeline import RunReport
+from .refresh import MARTS
 
 logger = logging.getLogger(__name__)
 
@@ -110,23 +113,43 @@ def marts_summary(db: Database, months: int = 6) -> str:
 def quarantine_listing(
     db: Database, *, source: str | None, rule: str | None, limit: int, as_json: bool
 ) -> str:
-    """Quarantined rows, filtered by source and rule, with their raw values."""
+    """Quarantined rows, filtered by source and rule, with their raw values.
+
+    ``limit`` 0 shows every row. A rule that does not exist is an error naming the
+    rules that do (a typo must not look like an empty quarantine).
+    """
+    from .transform.validate import RULE_NAMES
+
+    if rule is not None and rule not in RULE_NAMES:
+        raise CraftmartError(f"unknown rule {rule!r}; the rules are: {', '.join(RULE_NAMES)}")
+    if limit < 0:
+        raise CraftmartError(f"--limit must be 0 (all) or a positive number, got {limit}")
     with connection(db) as conn:
         _require_warehouse(conn)
         frame = fetch_frame(
             conn,
             """
-            select source_name, source_order_id, array_to_string(reasons, ',') as reasons,
-                   raw::text as raw, first_seen::text as first_seen
-            from craftmart.quarantine
-            where ($1::text is null or source_name = $1::text)
-              and ($2::text is null or $2::text = any(reasons))
+            with matching_rows as (
+                select source_name, source_order_id, reasons, raw, first_seen
+                from craftmart.quarantine
+                where ($1::text is null or source_name = $1::text)
+                    and ($2::text is null or $2::text = any(reasons))
+            )
+            select
+                source_name,
+                source_order_id,
+                array_to_string(reasons, ',') as reasons,
+                raw::text as raw,
+                first_seen::text as first_seen,
+                count(*) over () as total
+            from matching_rows
             order by source_name, source_order_id
+            limit $3::bigint
             """,
-            (source, rule),
+            (source, rule, limit or None),
         )
-    if limit > 0:
-        frame = frame.head(limit)
+    total = int(frame["total"][0]) if frame.height else 0
+    frame = frame.drop("total")
     if as_json:
         return json.dumps(
             [{**row, "raw": json.loads(row["raw"]), "reasons": row["reasons"].split(",")}
@@ -135,37 +158,363 @@ def quarantine_listing(
         )
     if frame.is_empty():
         return "quarantine is empty" + (" for this filter" if source or rule else "")
-    return _table(frame)
+    shown = _table(frame)
+    if total > frame.height:
+        shown += f"\n{frame.height} of {total} rows shown (--limit 0 shows all)"
+    return shown
 
 
-def status(db: Database, *, as_json: bool) -> str:
-    """Each mart's last refresh and size, and quarantine counts per source and rule."""
+# --------------------------------------------------------------------------- status
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> float:
+    """``"90s"``, ``"15m"``, ``"2h"``, ``"1d"`` or a sum such as ``"1h30m"``, in seconds."""
+    cleaned = text.strip().replace(" ", "")
+    parts = _AGE.findall(cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+        raise CraftmartError(
+            f"--max-age must be a duration such as 90s, 15m, 2h, 1d or 1h30m, got {text!r}"
+        )
+    seconds = sum(float(n) * _SECONDS[u.lower()] for n, u in parts)
+    if seconds <= 0:
+        raise CraftmartError(f"--max-age must be more than zero, got {text!r}")
+    return seconds
+
+
+def format_age(seconds: float | None) -> str:
+    """A duration for people: ``45s``, ``12m``, ``3h05m``, ``2d04h``."""
+    if seconds is None:
+        return "never"
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+@dataclass(frozen=True)
+class Status:
+    """Freshness and size of each mart, the last run, and quarantine counts."""
+
+    marts: pl.DataFrame  # mart, watermark, age_seconds, rows
+    quarantine: pl.DataFrame  # source_name, reason, rows
+    last_run: dict[str, Any] | None
+    max_age: float | None = None
+
+    def stale(self) -> list[str]:
+        """One phrase per mart older than ``max_age`` (or never refreshed)."""
+        if self.max_age is None:
+            return []
+        phrases = []
+        for mart, age in self.marts.select("mart", "age_seconds").iter_rows():
+            if age is None:
+                phrases.append(f"{mart} was never refreshed")
+            elif age > self.max_age:
+                phrases.append(f"{mart} last refreshed {format_age(age)} ago")
+        return phrases
+
+    def stale_message(self) -> str:
+        assert self.max_age is not None
+        return (f"stale marts (max age {format_age(self.max_age)}): "
+                + "; ".join(self.stale()))
+
+    def render(self, *, as_json: bool) -> str:
+        if as_json:
+            doc: dict[str, Any] = {
+                "marts": self.marts.to_dicts(),
+                "last_run": self.last_run,
+                "quarantine": self.quarantine.to_dicts(),
+            }
+            if self.max_age is not None:
+                doc["max_age_seconds"] = self.max_age
+                doc["stale"] = bool(self.stale())
+            return json.dumps(doc, indent=2)
+        ages = [format_age(age) for age in self.marts["age_seconds"].to_list()]
+        marts = self.marts.with_columns(pl.Series("age", ages, dtype=pl.String)).select(
+            "mart", "watermark", "age", "rows"
+        )
+        lines = ["marts:", _table(marts), ""]
+        if self.last_run is not None:
+            run = self.last_run
+            lines += [f"last run: #{run['run_id']} {run['outcome']}, started {run['started_at']}"
+                      f" ({run['seconds']:.1f}s)"
+                      + (f": {run['error']}" if run.get("error") else ""), ""]
+        lines += ["quarantine:",
+                  _table(self.quarantine) if self.quarantine.height else "(empty)"]
+        return "\n".join(lines)
+
+
+def read_status(db: Database, *, max_age: float | None = None) -> Status:
+    """Each mart's watermark, its age and row count; the last run; quarantine counts."""
     with connection(db) as conn:
         _require_warehouse(conn)
         marts = fetch_frame(
             conn,
             """
-            select 'customer_report_datamart' as mart,
-                   (select max(load_dttm)::text from marts.load_dates_customer_report_datamart)
-                       as watermark,
-                   (select count(*) from marts.customer_report_datamart) as rows
-            union all
-            select 'craftsman_report_datamart',
-                   (select max(load_dttm)::text from marts.load_dates_craftsman_report_datamart),
-                   (select count(*) from marts.craftsman_report_datamart)
+            with watermarks as (
+                select
+                    'customer_report_datamart' as mart,
+                    (select max(load_dttm) from marts.load_dates_customer_report_datamart)
+                        as watermark,
+                    (select count(*) from marts.customer_report_datamart) as rows
+                union all
+                select
+                    'craftsman_report_datamart',
+                    (select max(load_dttm) from marts.load_dates_craftsman_report_datamart),
+                    (select count(*) from marts.craftsman_report_datamart)
+            )
+            select
+                mart,
+                watermark::text as watermark,
+                extract(epoch from statement_timestamp() - watermark)::float8 as age_seconds,
+                rows
+            from watermarks
             """,
         )
         quarantined = fetch_frame(
             conn,
             """
             select source_name, reason, count(*) as rows
-            from craftmart.quarantine, unnest(reasons) as reason
+            from craftmart.quarantine
+            cross join lateral unnest(reasons) as reason
             group by source_name, reason
             order by source_name, reason
             """,
         )
+        last = _runs(conn, limit=1)
+    return Status(marts, quarantined, last[0] if last else None, max_age)
+
+
+def status(db: Database, *, as_json: bool, max_age: float | None = None) -> str:
+    """Each mart's last refresh and size, and quarantine counts per source and rule."""
+    return read_status(db, max_age=max_age).render(as_json=as_json)
+
+
+# --------------------------------------------------------------------------- history
+
+
+def _runs(conn: Any, *, limit: int) -> list[dict[str, Any]]:
+    """The last runs, newest first, with their stats summed up for people."""
+    frame = fetch_frame(
+        conn,
+        """
+        select
+            run_id,
+            started_at::text as started_at,
+            finished_at::text as finished_at,
+            extract(epoch from finished_at - started_at)::float8 as seconds,
+            mode,
+            outcome,
+            stats::text as stats
+        from craftmart.runs
+        order by run_id desc
+        limit $1::bigint
+        """,
+        (limit or None,),
+    )
+    return [_run_entry(row) for row in frame.iter_rows(named=True)]
+
+
+def _run_entry(row: dict[str, Any]) -> dict[str, Any]:
+    stats = json.loads(row.pop("stats"))
+    sources = stats.get("sources") or {}
+    dwh = stats.get("dwh") or {}
+    marts = stats.get("marts") or {}
+
+    def total(tables: dict[str, dict[str, Any]], key: str) -> int:
+        return sum(int(counts.get(key, 0)) for counts in tables.values())
+
+    return {
+        **row,
+        "error": stats.get("error"),
+        "rows": {
+            "read": total(sources, "read"),
+            "loaded": total(sources, "loaded"),
+            "quarantined": total(sources, "quarantined"),
+            "inserted": total(dwh, "inserted"),
+            "updated": total(dwh, "updated"),
+            "deleted": total(dwh, "deleted"),
+        },
+        "mart_rows": {
+            name: {k: m.get(f"rows_{k}", 0) for k in ("inserted", "updated", "deleted")}
+            for name, m in marts.items()
+        },
+        "stages": stats.get("stages") or {},
+    }
+
+
+def history(db: Database, *, limit: int, as_json: bool) -> str:
+    """The last ``limit`` runs (0: all), newest first: timing, outcome, rows, stage times."""
+    if limit < 0:
+        raise CraftmartError(f"--limit must be 0 (all) or a positive number, got {limit}")
+    with connection(db) as conn:
+        _require_warehouse(conn)
+        runs = _runs(conn, limit=limit)
     if as_json:
-        return json.dumps(
-            {"marts": marts.to_dicts(), "quarantine": quarantined.to_dicts()}, indent=2
+        return json.dumps(runs, indent=2)
+    if not runs:
+        return "no runs yet"
+    overview = pl.DataFrame(
+        [
+            {
+                "run": r["run_id"],
+                "started_at": r["started_at"][:19],
+                "seconds": round(r["seconds"], 1),
+                "mode": r["mode"],
+                "outcome": r["outcome"],
+                **{k: r["rows"][k] for k in ("read", "quarantined", "inserted", "updated",
+                                              "deleted")},
+                "mart_rows": sum(sum(m.values()) for m in r["mart_rows"].values()),
+            }
+            for r in runs
+        ]
+    )
+    seen = {name for r in runs for name in r["stages"]}
+    stage_names = [n for n in STAGES if n in seen] + sorted(seen.difference(STAGES))
+    stages = pl.DataFrame(
+        [{"run": r["run_id"], **{_short(n): r["stages"].get(n) for n in stage_names}}
+         for r in runs],
+        schema={"run": pl.Int64, **{_short(n): pl.Float64 for n in stage_names}},
+    )
+    lines = ["runs (rows: DWH rows inserted / updated / deleted, source rows quarantined):",
+             _table(overview), "", "seconds per stage:", _table(stages)]
+    failed = [r for r in runs if r["error"]]
+    if failed:
+        lines += ["", "errors:", *(f"  run {r['run_id']}: {r['error']}" for r in failed)]
+    return "\n".join(lines)
+
+
+#: The stages of a run, in the order they run (the stats keep no order).
+STAGES = ("lock", "schema", "pull", "validate", "dedup", "diff", "write",
+          *(mart.name for mart in MARTS), "commit")
+
+
+def _short(stage: str) -> str:
+    return stage.removesuffix("_report_datamart")
+
+
+# --------------------------------------------------------------------------- data dictionary
+
+#: The schemas a user queries, in the order the data flows.
+DICTIONARY_SCHEMAS = ("dwh", "marts", "craftmart")
+
+
+def data_dictionary(db: Database) -> str:
+    """A Markdown data dictionary of dwh, marts and craftmart from the database's own
+    ``comment on`` text: every table, its keys, and every column's type and meaning."""
+    with connection(db) as conn:
+        _require_warehouse(conn)
+        version = fetch_value(conn, "select max(version) from craftmart.schema_migrations")
+        schemas = fetch_frame(
+            conn,
+            """
+            select nspname as schema_name,
+                   coalesce(obj_description(oid, 'pg_namespace'), '') as comment
+            from pg_catalog.pg_namespace
+            where nspname = any($1::text[])
+            """,
+            ("{" + ",".join(DICTIONARY_SCHEMAS) + "}",),
         )
-    return "\n".join(["marts:", _table(marts), "", "quarantine:", _table(quarantined)])
+        columns = fetch_frame(
+            conn,
+            """
+            with documented_tables as (
+                select
+                    c.oid,
+                    n.nspname as schema_name,
+                    c.relname as table_name,
+                    coalesce(obj_description(c.oid, 'pg_class'), '') as table_comment
+                from pg_catalog.pg_class as c
+                inner join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
+                where n.nspname = any($1::text[])
+                    and c.relkind in ('r', 'p', 'v', 'm')
+            )
+            select
+                t.schema_name,
+                t.table_name,
+                t.table_comment,
+                a.attnum as position,
+                a.attname as column_name,
+                format_type(a.atttypid, a.atttypmod) as data_type,
+                not a.attnotnull as nullable,
+                coalesce(col_description(t.oid, a.attnum), '') as comment
+            from documented_tables as t
+            inner join pg_catalog.pg_attribute as a on a.attrelid = t.oid
+            where a.attnum > 0 and not a.attisdropped
+            order by t.schema_name, t.table_name, a.attnum
+            """,
+            ("{" + ",".join(DICTIONARY_SCHEMAS) + "}",),
+        )
+        keys = fetch_frame(
+            conn,
+            """
+            select
+                n.nspname as schema_name,
+                c.relname as table_name,
+                k.contype::text as kind,
+                pg_get_constraintdef(k.oid) as definition
+            from pg_catalog.pg_constraint as k
+            inner join pg_catalog.pg_class as c on c.oid = k.conrelid
+            inner join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
+            where n.nspname = any($1::text[]) and k.contype in ('p', 'u', 'f')
+            order by n.nspname, c.relname, k.contype, k.conname
+            """,
+            ("{" + ",".join(DICTIONARY_SCHEMAS) + "}",),
+        )
+    schema_comments = dict(schemas.iter_rows())
+    lines = [
+        "# Data dictionary",
+        "",
+        "Generated by `craftmart-batch docs` from the database's own `comment on` text "
+        f"(schema version {version}); regenerate it rather than editing it:",
+        "",
+        "```sh",
+        "craftmart-batch docs --out docs/data-dictionary.md",
+        "```",
+    ]
+    for schema_name in DICTIONARY_SCHEMAS:
+        in_schema = columns.filter(pl.col("schema_name") == schema_name)
+        if schema_name not in schema_comments:
+            continue
+        lines += ["", f"## Schema `{schema_name}`", ""]
+        if schema_comments[schema_name]:
+            lines += [_md(schema_comments[schema_name])]
+        for table_name in in_schema["table_name"].unique(maintain_order=True).to_list():
+            table = in_schema.filter(pl.col("table_name") == table_name)
+            lines += ["", f"### `{schema_name}.{table_name}`", ""]
+            if table["table_comment"][0]:
+                lines += [_md(table["table_comment"][0]), ""]
+            table_keys = keys.filter(
+                (pl.col("schema_name") == schema_name) & (pl.col("table_name") == table_name)
+            )
+            for kind, definition in table_keys.select("kind", "definition").iter_rows():
+                lines.append(_key_line(kind, definition))
+            if table_keys.height:
+                lines.append("")
+            lines += ["| column | type | null | description |", "|---|---|---|---|"]
+            for row in table.iter_rows(named=True):
+                lines.append(
+                    f"| `{row['column_name']}` | {row['data_type']} | "
+                    f"{'yes' if row['nullable'] else 'no'} | {_md(row['comment'])} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _key_line(kind: str, definition: str) -> str:
+    """``PRIMARY KEY (a)`` -> ``- Primary key: `a` ``; a foreign key names its target."""
+    label, prefix = {"p": ("Primary key", "PRIMARY KEY"), "u": ("Unique", "UNIQUE"),
+                     "f": ("Foreign key", "FOREIGN KEY")}[kind]
+    columns, _, target = definition.removeprefix(prefix).strip().partition(" REFERENCES ")
+    text = f"- {label}: `{columns.strip().removeprefix('(').removesuffix(')')}`"
+    return text + (f" → `{target.strip()}`" if target else "")
+
+
+def _md(text: str) -> str:
+    """Comment text for one Markdown table cell or paragraph."""
+    return " ".join(text.split()).replace("|", "\\|")

@@ -18,19 +18,32 @@ _CURRENT = "__current"
 class TableDiff:
     """What must be written for one table to go from current to target.
 
-    ``upserts`` holds target rows (key + attributes) that are new or whose attributes
-    differ; ``deleted`` holds current rows (with all their columns, surrogate id
-    included) whose key is no longer in the target.
+    ``inserts`` holds target rows (key + attributes) whose key is new, ``updates``
+    target rows whose key exists but some attribute differs, and ``deleted`` current
+    rows (with all their columns, surrogate id included) whose key is no longer in
+    the target.
     """
 
-    upserts: pl.DataFrame
+    inserts: pl.DataFrame
+    updates: pl.DataFrame
     deleted: pl.DataFrame
-    inserted: int
-    updated: int
+
+    @property
+    def upserts(self) -> pl.DataFrame:
+        """New and changed target rows together."""
+        return pl.concat([self.inserts, self.updates])
+
+    @property
+    def inserted(self) -> int:
+        return self.inserts.height
+
+    @property
+    def updated(self) -> int:
+        return self.updates.height
 
     @property
     def is_empty(self) -> bool:
-        return self.upserts.is_empty() and self.deleted.is_empty()
+        return self.inserts.is_empty() and self.updates.is_empty() and self.deleted.is_empty()
 
 
 def diff_table(
@@ -54,16 +67,15 @@ def diff_table(
         current_side, on=key, how="left", nulls_equal=True
     )
     exists = pl.col(_EXISTS).fill_null(False)
-    differs = pl.any_horizontal(
-        pl.col(a).ne_missing(pl.col(a + _CURRENT)) for a in attrs
-    ) if attrs else pl.lit(False)
+    differs = (
+        pl.any_horizontal(pl.col(a).ne_missing(pl.col(a + _CURRENT)) for a in attrs)
+        if attrs
+        else pl.lit(False)
+    )
     flagged = joined.with_columns(exists.alias(_EXISTS), differs.alias("__differs"))
-    upserts = flagged.filter(~pl.col(_EXISTS) | pl.col("__differs"))
-    inserted = upserts.select((~pl.col(_EXISTS)).sum()).item()
-    deleted = current.join(target.select(key), on=key, how="anti", nulls_equal=True)
+    columns = [*key, *attrs]
     return TableDiff(
-        upserts=upserts.select(*key, *attrs),
-        deleted=deleted,
-        inserted=int(inserted or 0),
-        updated=upserts.height - int(inserted or 0),
+        inserts=flagged.filter(~pl.col(_EXISTS)).select(columns),
+        updates=flagged.filter(pl.col(_EXISTS) & pl.col("__differs")).select(columns),
+        deleted=current.join(target.select(key), on=key, how="anti", nulls_equal=True),
     )

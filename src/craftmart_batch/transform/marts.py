@@ -41,10 +41,8 @@ CRAFTSMAN_MART = "craftsman_report_datamart"
 #: The input contract: one row per DWH order, with the current dimension attributes.
 ORDERS_SCHEMA = pl.Schema(
     {
-        "order_id": pl.Int64,
         "customer_id": pl.Int64,
         "craftsman_id": pl.Int64,
-        "product_id": pl.Int64,
         "order_created_date": pl.Date,
         "order_completion_date": pl.Date,
         "order_status": pl.String,
@@ -116,6 +114,31 @@ MART_UNIQUE_KEYS: dict[str, list[str]] = {
 }
 
 _PERIOD = "_period"  # integer month key of report_period: display year * 12 + month - 1
+
+
+def orders_with_attributes(
+    orders: pl.DataFrame,
+    craftsmen: pl.DataFrame,
+    customers: pl.DataFrame,
+    products: pl.DataFrame,
+) -> pl.DataFrame:
+    """The metrics' input from DWH frames: each order with its ids and current attributes.
+
+    ``orders`` carries natural keys and ids (``craftsman_email``, ``customer_email``,
+    product name and description, ``craftsman_id``, ``customer_id``); the dimension
+    frames carry the resolved attributes by natural key. This is, row for row, what
+    joining ``dwh.f_order`` to its dimensions gives.
+    """
+    product_key = ["craftsman_email", "product_name", "product_description"]
+    return (
+        orders.join(products.select(*product_key, "product_type"), on=product_key, how="left",
+                    nulls_equal=True)
+        .join(customers.select("customer_email", "customer_name", "customer_address",
+                               "customer_birthday"), on="customer_email", how="left")
+        .join(craftsmen.select("craftsman_email", "craftsman_name", "craftsman_address",
+                               "craftsman_birthday"), on="craftsman_email", how="left")
+        .select(ORDERS_SCHEMA.names())
+    )
 
 
 def customer_report(orders: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:

@@ -8,7 +8,6 @@ create table dwh.d_product (
     product_price       bigint null,
     load_dttm           timestamptz not null,
     constraint d_product_pk primary key (product_id),
-    constraint d_product_craftsman_fk foreign key (craftsman_id) references dwh.d_craftsman (craftsman_id),
     constraint d_product_natural_uq unique nulls not distinct (craftsman_id, product_name, product_description)
 );
 create index d_product_load_dttm_ix on dwh.d_product (load_dttm);
