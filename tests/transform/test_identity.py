@@ -64,7 +64,7 @@ def people(w: Warehouse, person: str) -> list[dict[str, Any]]:
 
 
 def test_one_customer_in_three_sources_with_varied_spelling_is_one_row() -> None:
-    """Case and space padding of an email never make a second customer; the stored email is normalised."""
+    """Case and padding of an email never make a second customer; the email is stored normalised."""
     w = warehouse(
         row("source1", 1, customer_email="Bob@Buyer.Example"),
         row("source2", 1, customer_email="  bob@buyer.example "),
@@ -96,7 +96,7 @@ def test_different_emails_are_different_customers() -> None:
 
 @pytest.mark.parametrize("person", ["customer", "craftsman"])
 def test_latest_created_date_wins_over_later_source_and_larger_key(person: str) -> None:
-    """The row with the latest order_created_date gives the attributes, whatever its source and key."""
+    """The row with the latest order_created_date gives the attributes, whatever source and key."""
     newer = {
         f"{person}_name": "New Name",
         f"{person}_address": "New Addr",
@@ -171,7 +171,13 @@ def test_winner_values_are_taken_whole_not_mixed_per_column() -> None:
     """All attributes come from one row: an older row's non-null value does not fill a gap."""
     w = warehouse(
         row("source3", 1, order_created_date=dt.date(2024, 1, 1), customer_address="Old Addr"),
-        row("source1", 2, order_created_date=dt.date(2024, 1, 2), customer_address=None, customer_name="N"),
+        row(
+            "source1",
+            2,
+            order_created_date=dt.date(2024, 1, 2),
+            customer_address=None,
+            customer_name="N",
+        ),
     )
     assert w.customers.select("customer_name", "customer_address").to_dicts() == [
         {"customer_name": "N", "customer_address": None}
@@ -203,7 +209,7 @@ def test_invalid_rows_do_not_take_part_in_resolution() -> None:
 
 
 def test_products_are_keyed_by_craftsman_name_and_description() -> None:
-    """Changing any of craftsman, name or description makes another product; spelling of the email does not."""
+    """Craftsman, name and description identify a product; the spelling of the email does not."""
     w = warehouse(
         row(order_id=1),
         row(order_id=2, craftsman_email="ANN@craft.example "),
@@ -211,20 +217,56 @@ def test_products_are_keyed_by_craftsman_name_and_description() -> None:
         row(order_id=4, product_name="Bowl"),
         row(order_id=5, craftsman_email="cid@craft.example"),
     )
-    assert w.products.select("craftsman_email", "product_name", "product_description").to_dicts() == [
-        {"craftsman_email": "ann@craft.example", "product_name": "Bowl", "product_description": "A blue mug"},
-        {"craftsman_email": "ann@craft.example", "product_name": "Mug", "product_description": "A blue mug"},
-        {"craftsman_email": "ann@craft.example", "product_name": "Mug", "product_description": "A red mug"},
-        {"craftsman_email": "cid@craft.example", "product_name": "Mug", "product_description": "A blue mug"},
+    assert w.products.select(
+        "craftsman_email", "product_name", "product_description"
+    ).to_dicts() == [
+        {
+            "craftsman_email": "ann@craft.example",
+            "product_name": "Bowl",
+            "product_description": "A blue mug",
+        },
+        {
+            "craftsman_email": "ann@craft.example",
+            "product_name": "Mug",
+            "product_description": "A blue mug",
+        },
+        {
+            "craftsman_email": "ann@craft.example",
+            "product_name": "Mug",
+            "product_description": "A red mug",
+        },
+        {
+            "craftsman_email": "cid@craft.example",
+            "product_name": "Mug",
+            "product_description": "A blue mug",
+        },
     ]
 
 
 def test_product_type_and_price_come_from_the_latest_order() -> None:
     """A product's type and price are those of its latest order; each order keeps its own price."""
     w = warehouse(
-        row("source1", 1, order_created_date=dt.date(2024, 1, 1), product_type="pottery", product_price=80),
-        row("source3", 2, order_created_date=dt.date(2024, 2, 1), product_type="ceramics", product_price=120),
-        row("external_source", 3, order_created_date=dt.date(2024, 1, 15), product_type="x", product_price=5),
+        row(
+            "source1",
+            1,
+            order_created_date=dt.date(2024, 1, 1),
+            product_type="pottery",
+            product_price=80,
+        ),
+        row(
+            "source3",
+            2,
+            order_created_date=dt.date(2024, 2, 1),
+            product_type="ceramics",
+            product_price=120,
+        ),
+        row(
+            "external_source",
+            3,
+            order_created_date=dt.date(2024, 1, 15),
+            product_type="x",
+            product_price=5,
+        ),
     )
     assert w.products.select("product_type", "product_price").to_dicts() == [
         {"product_type": "ceramics", "product_price": 120}
@@ -262,12 +304,24 @@ def test_orders_are_one_per_source_and_key() -> None:
     assert w.orders.sort("source_name", "source_order_id").select(
         "source_name", "source_order_id", "order_status", "order_completion_date"
     ).to_dicts() == [
-        {"source_name": "source1", "source_order_id": 7, "order_status": "done",
-         "order_completion_date": dt.date(2024, 3, 12)},
-        {"source_name": "source2", "source_order_id": 7, "order_status": "in progress",
-         "order_completion_date": None},
-        {"source_name": "source2", "source_order_id": 8, "order_status": "created",
-         "order_completion_date": None},
+        {
+            "source_name": "source1",
+            "source_order_id": 7,
+            "order_status": "done",
+            "order_completion_date": dt.date(2024, 3, 12),
+        },
+        {
+            "source_name": "source2",
+            "source_order_id": 7,
+            "order_status": "in progress",
+            "order_completion_date": None,
+        },
+        {
+            "source_name": "source2",
+            "source_order_id": 8,
+            "order_status": "created",
+            "order_completion_date": None,
+        },
     ]
     assert w.customers.height == 1 and w.craftsmen.height == 1 and w.products.height == 1
 
@@ -277,5 +331,8 @@ def test_empty_input_gives_an_empty_warehouse() -> None:
     w = warehouse()
     assert [t.height for t in (w.craftsmen, w.customers, w.products, w.orders)] == [0, 0, 0, 0]
     assert w.customers.columns == [
-        "customer_email", "customer_name", "customer_address", "customer_birthday"
+        "customer_email",
+        "customer_name",
+        "customer_address",
+        "customer_birthday",
     ]

@@ -1,7 +1,7 @@
 """Properties of validate + build_warehouse + diff_table over generated canonical frames.
 
 The frames are small (0-40 rows) and dense on purpose: a few people whose emails vary
-in case and padding, a few products, a week of dates, order keys that collide, and a
+in case and padding, a few products, three dates (so recency ties are common), order keys that collide, and a
 mix of valid and invalid rows, so that identity, ties and duplicates happen often.
 """
 
@@ -46,10 +46,9 @@ TABLES = {
     "orders": (ORDER_KEY, ORDER_ATTRS),
 }
 
-# Sized so the whole file runs in well under 30 s on a loaded laptop; CI can raise
-# them with a hypothesis profile.
+# Sized so the whole file runs in under 30 s even on a busy two-core machine.
 PROPERTY_SETTINGS = settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -82,7 +81,7 @@ def canonical_row(draw: st.DrawFn) -> dict[str, Any]:
         return pick(pool, BAD_EMAILS).flatmap(lambda e: respelled(e) if e in pool else st.just(e))
 
     source = draw(st.sampled_from(list(RANKS)))
-    created = draw(pick([DAY0 + dt.timedelta(days=d) for d in range(7)], [None]))
+    created = draw(pick([DAY0 + dt.timedelta(days=d) for d in range(3)], [None]))
     completion_offset = draw(pick([None, 0, 1, 4], [-1]))
     completion = (
         None
@@ -98,7 +97,9 @@ def canonical_row(draw: st.DrawFn) -> dict[str, Any]:
         "order_status": draw(pick(STATUSES, ["shipped", None, "in  progress"]).flatmap(respelled)),
         "craftsman_name": draw(st.sampled_from(["Ann", "Cid", None])),
         "craftsman_address": draw(st.sampled_from(["1 Clay St", "9 Oak Rd", None])),
-        "craftsman_birthday": draw(st.sampled_from([dt.date(1980, 1, 2), dt.date(1975, 6, 30), None])),
+        "craftsman_birthday": draw(
+            st.sampled_from([dt.date(1980, 1, 2), dt.date(1975, 6, 30), None])
+        ),
         "craftsman_email": draw(email(CRAFTSMAN_EMAILS)),
         "product_name": draw(st.sampled_from(["Mug", "Bowl"])),
         "product_description": draw(st.sampled_from(["blue", "red", None])),
@@ -106,7 +107,9 @@ def canonical_row(draw: st.DrawFn) -> dict[str, Any]:
         "product_price": draw(pick([1, 5, 100, 250], [0, -1, None])),
         "customer_name": draw(st.sampled_from(["Bob", "Dan", None])),
         "customer_address": draw(st.sampled_from(["2 Market Rd", "4 Elm St", None])),
-        "customer_birthday": draw(st.sampled_from([dt.date(1990, 5, 6), dt.date(2000, 2, 29), None])),
+        "customer_birthday": draw(
+            st.sampled_from([dt.date(1990, 5, 6), dt.date(2000, 2, 29), None])
+        ),
         "customer_email": draw(email(CUSTOMER_EMAILS)),
         "missing_reference": draw(pick([None], ["craft_market_masters_products"])),
     }
@@ -180,7 +183,9 @@ def canonical_from(w: Warehouse) -> pl.DataFrame:
 
 @PROPERTY_SETTINGS
 @given(rows=rows_strategy, data=st.data())
-def test_result_does_not_depend_on_row_order(rows: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_result_does_not_depend_on_row_order(
+    rows: list[dict[str, Any]], data: st.DataObject
+) -> None:
     """Shuffling the input rows changes neither valid rows, quarantine nor the warehouse."""
     shuffled = data.draw(st.permutations(rows))
     valid, quarantine, w = run(rows)
@@ -191,15 +196,18 @@ def test_result_does_not_depend_on_row_order(rows: list[dict[str, Any]], data: s
 
 
 @PROPERTY_SETTINGS
-@given(rows=rows_strategy, ranks=st.lists(st.integers(-10_000, 10_000), min_size=4, max_size=4, unique=True))
+@given(
+    rows=rows_strategy,
+    ranks=st.lists(st.integers(-10_000, 10_000), min_size=4, max_size=4, unique=True),
+)
 def test_only_the_relative_order_of_source_ranks_matters(
     rows: list[dict[str, Any]], ranks: list[int]
 ) -> None:
     """Renumbering the sources' ranks without reordering them gives the same warehouse."""
-    renumbered = dict(zip(RANKS, sorted(ranks)))
-    rerankd = [{**r, "source_rank": renumbered[r["source_name"]]} for r in rows]
+    renumbered = dict(zip(RANKS, sorted(ranks), strict=True))
+    reranked = [{**r, "source_rank": renumbered[r["source_name"]]} for r in rows]
     _, quarantine, w = run(rows)
-    _, quarantine2, w2 = run(rerankd)
+    _, quarantine2, w2 = run(reranked)
     assert_same_warehouse(w, w2)
     assert_same_rows(quarantine, quarantine2)
 
@@ -235,9 +243,7 @@ def test_splitting_a_source_keeps_the_people_and_products(
         before, after = getattr(w, table), getattr(w2, table)
         assert after.height == before.height
         assert keys_of(after, key) == keys_of(before, key)
-    merged_back = w2.orders.with_columns(
-        pl.col("source_name").replace("split_off", split)
-    )
+    merged_back = w2.orders.with_columns(pl.col("source_name").replace("split_off", split))
     assert_same_rows(merged_back, w.orders)
     if new_rank is None:
         assert_same_warehouse(
@@ -251,7 +257,11 @@ def test_splitting_a_source_keeps_the_people_and_products(
 def test_email_case_and_padding_never_make_another_person(
     rows: list[dict[str, Any]], data: st.DataObject
 ) -> None:
-    """Re-spelling every email (case, spaces around) gives the same people, products and orders."""
+    """Re-spelling every email (case, spaces around) gives the same people, products and orders.
+
+    Order keys are unique here: among rows sharing a key, the survivor is chosen by raw
+    content, raw emails included, so a re-spelling may legitimately pick another row.
+    """
     respelled_rows = [
         {
             **r,
@@ -273,7 +283,7 @@ def test_email_case_and_padding_never_make_another_person(
         assert people[emails].is_unique().all()
 
 
-@settings(PROPERTY_SETTINGS, max_examples=25)
+@settings(PROPERTY_SETTINGS, max_examples=15)
 @given(rows=rows_strategy)
 def test_feeding_the_warehouse_back_gives_the_same_warehouse(rows: list[dict[str, Any]]) -> None:
     """The warehouse's own orders, as canonical rows, are all valid and rebuild the same
@@ -314,16 +324,16 @@ def test_every_row_is_valid_or_quarantined_and_every_valid_order_is_one_fact(
     # every valid row, with its status normalised and nothing else changed
     by_tag = {r["craftsman_address"]: r for r in tagged}
     for v in valid.to_dicts():
-        original = {k: x for k, x in by_tag[v["craftsman_address"]].items() if k != "missing_reference"}
+        original = {
+            k: x for k, x in by_tag[v["craftsman_address"]].items() if k != "missing_reference"
+        }
         assert v == {**original, "order_status": original["order_status"].strip(" ").lower()}
 
     assert w.orders.height == valid.height
     assert w.orders.select(ORDER_KEY).is_unique().all()
     assert keys_of(w.orders, ORDER_KEY) == keys_of(valid, ORDER_KEY)
     valid_keys = keys_of(valid, ORDER_KEY)
-    input_keys_with_a_valid_row = {
-        order_key(r) for r in tagged if order_key(r) in valid_keys
-    }
+    input_keys_with_a_valid_row = {order_key(r) for r in tagged if order_key(r) in valid_keys}
     assert input_keys_with_a_valid_row == valid_keys
 
 
@@ -379,7 +389,9 @@ def test_diff_applied_to_current_gives_target(
 ) -> None:
     """Deleting ``deleted`` and upserting ``upserts`` turns current into target (null keys
     and attributes included), and only new or changed rows are upserted."""
-    diff = diff_table(diff_frame(current, True), diff_frame(target, False), ["k1", "k2"], ["a", "b"])
+    diff = diff_table(
+        diff_frame(current, True), diff_frame(target, False), ["k1", "k2"], ["a", "b"]
+    )
 
     applied = dict(current)
     for k1, k2 in diff.deleted.select("k1", "k2").iter_rows():
@@ -388,7 +400,9 @@ def test_diff_applied_to_current_gives_target(
         applied[(k1, k2)] = (a, b)
     assert applied == target
 
-    assert {tuple(r[:2]) for r in diff.deleted.select("k1", "k2").iter_rows()} == set(current) - set(target)
+    assert {tuple(r[:2]) for r in diff.deleted.select("k1", "k2").iter_rows()} == set(
+        current
+    ) - set(target)
     assert "id" in diff.deleted.columns
     upserted = {(k1, k2): (a, b) for k1, k2, a, b in diff.upserts.iter_rows()}
     assert upserted == {k: v for k, v in target.items() if current.get(k, object()) != v}
@@ -397,12 +411,12 @@ def test_diff_applied_to_current_gives_target(
     assert diff.is_empty == (current == target)
 
 
-@settings(PROPERTY_SETTINGS, max_examples=25)
+@settings(PROPERTY_SETTINGS, max_examples=15)
 @given(before=rows_strategy, after=rows_strategy)
 def test_diff_of_two_warehouses_turns_one_into_the_other(
     before: list[dict[str, Any]], after: list[dict[str, Any]]
 ) -> None:
-    """For each warehouse table, the diff from one run's result to another's, applied, gives the latter."""
+    """For each warehouse table, one run's result plus the diff to another's is the other's."""
     _, _, current = run(before)
     _, _, target = run(after)
     for table, (key, attrs) in TABLES.items():
@@ -410,8 +424,9 @@ def test_diff_of_two_warehouses_turns_one_into_the_other(
         diff = diff_table(cur, tgt, key, attrs)
         applied = pl.concat(
             [
-                cur.join(diff.deleted.select(key), on=key, how="anti", nulls_equal=True)
-                .join(diff.upserts.select(key), on=key, how="anti", nulls_equal=True),
+                cur.join(diff.deleted.select(key), on=key, how="anti", nulls_equal=True).join(
+                    diff.upserts.select(key), on=key, how="anti", nulls_equal=True
+                ),
                 diff.upserts,
             ]
         )

@@ -72,7 +72,7 @@ def single_reasons(r: dict[str, Any]) -> list[str]:
 def test_breakers_cover_every_rule_but_duplicates() -> None:
     """Every row-level rule has a breaker here, so no rule goes untested."""
     assert list(BREAKERS) == list(RULES)
-    assert RULE_NAMES == (*RULES, DUPLICATE_RULE)
+    assert (*RULES, DUPLICATE_RULE) == RULE_NAMES
 
 
 def test_valid_row_is_valid_and_kept_as_read() -> None:
@@ -101,9 +101,7 @@ def test_several_rules_broken_give_all_reasons_in_rule_order() -> None:
     its completion before it.
     """
     rules = list(BREAKERS)
-    combos = [
-        combo for n in range(2, len(rules) + 1) for combo in itertools.combinations(rules, n)
-    ]
+    combos = [combo for n in range(2, len(rules) + 1) for combo in itertools.combinations(rules, n)]
     rows = []
     for i, combo in enumerate(combos):
         overrides: dict[str, Any] = {"source_order_id": i, "product_name": f"combo {i}"}
@@ -115,7 +113,7 @@ def test_several_rules_broken_give_all_reasons_in_rule_order() -> None:
     assert quarantine.height == len(combos)
     got = {
         json.loads(raw)["product_name"]: reasons
-        for raw, reasons in zip(quarantine["raw"], quarantine["reasons"].to_list())
+        for raw, reasons in zip(quarantine["raw"], quarantine["reasons"].to_list(), strict=True)
     }
     expected = {f"combo {i}": expected_reasons(combo) for i, combo in enumerate(combos)}
     assert got == expected
@@ -187,7 +185,9 @@ INVALID_EMAILS = [
 
 @pytest.mark.parametrize("person", ["craftsman", "customer"])
 @pytest.mark.parametrize("email", INVALID_EMAILS)
-def test_malformed_email_is_invalid_with_that_persons_reason(person: str, email: str | None) -> None:
+def test_malformed_email_is_invalid_with_that_persons_reason(
+    person: str, email: str | None
+) -> None:
     """An email not matching ^[^@\\s]+@[^@\\s]+$ after btrim invalidates the row for that person."""
     r = row(**{f"{person}_email": email})
     assert single_reasons(r) == [f"{person}_email_invalid"]
@@ -195,7 +195,8 @@ def test_malformed_email_is_invalid_with_that_persons_reason(person: str, email:
 
 @pytest.mark.parametrize("person", ["craftsman", "customer"])
 @pytest.mark.parametrize(
-    "email", ["ann@craft.example", "  ann@craft.example", "ann@craft.example  ", "  Ann@CRAFT.example "]
+    "email",
+    ["ann@craft.example", "  ann@craft.example", "ann@craft.example  ", "  Ann@CRAFT.example "],
 )
 def test_email_padded_with_spaces_or_in_any_case_is_valid(person: str, email: str) -> None:
     """Spaces around an email are trimmed before the check; case does not matter."""
@@ -337,7 +338,12 @@ def test_quarantine_raw_holds_the_values_as_read() -> None:
     }
     assert raw == expected
     assert quarantine["reasons"].to_list() == [
-        ["status_unknown", "completion_before_created", "price_not_positive", "craftsman_email_invalid"]
+        [
+            "status_unknown",
+            "completion_before_created",
+            "price_not_positive",
+            "craftsman_email_invalid",
+        ]
     ]
 
 

@@ -92,7 +92,18 @@ def _mark_duplicates(frame: pl.DataFrame) -> pl.DataFrame:
     repeated = pl.struct(*ORDER_KEY).is_duplicated() & has_key
     if not frame.select(repeated.any()).item():
         return frame.with_columns(pl.lit(False).alias(_DUPLICATE))
+    # Normalised values first, so the spelling of an email or status never decides
+    # which row stands for the order; the raw content then breaks the remaining ties.
     content = [c for c in frame.columns if c != _BROKEN]
-    ranked = frame.sort([_BROKEN, *content], nulls_last=True)
+    ranked = frame.sort(
+        [
+            pl.col(_BROKEN),
+            normalised_email("customer_email"),
+            normalised_email("craftsman_email"),
+            normalised_status(),
+            *content,
+        ],
+        nulls_last=True,
+    )
     first_of_key = pl.int_range(pl.len()).over(ORDER_KEY) == 0
     return ranked.with_columns((has_key & ~first_of_key).alias(_DUPLICATE))
