@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import query, settings_for, sql
 
 from craftmart_batch import generate, pipeline
 from craftmart_batch._database import Database, connection, quote_ident
 from craftmart_batch._sql import execute
-from helpers import query, settings_for, sql
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

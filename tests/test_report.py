@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import settings_for
 
 from craftmart_batch import generate, pipeline
 from craftmart_batch._database import Database, connection, quote_ident
 from craftmart_batch._sql import execute
 from craftmart_batch.notebook import markdown_to_html, render_html
-from helpers import settings_for
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")

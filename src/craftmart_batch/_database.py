@@ -83,8 +83,10 @@ def _parse_keywords(text: str) -> dict[str, str]:
         while i < n and text[i].isspace():
             i += 1
         if not key or i >= n or text[i] != "=":
+            # The stray word is not echoed: it may be half of an unquoted password.
             raise CraftmartError(
-                f"malformed DSN: expected keyword=value near {key or text[start:start + 10]!r}"
+                f"malformed DSN: expected keyword=value at character {start + 1}"
+                " (quote a value that contains spaces: password='a b')"
             )
         i += 1
         while i < n and text[i].isspace():
@@ -162,15 +164,23 @@ class Database:
     def connectorx_uri(self) -> str:
         """A URI connectorx accepts: it wants a host name even for a unix socket."""
         p = dict(self.params)
-        user = quote(p.pop("user", None) or os.environ.get("PGUSER", "postgres"), safe="")
-        password = p.pop("password", None)
+        raw_user = p.pop("user", None) or os.environ.get("PGUSER", "postgres")
+        user = quote(raw_user, safe="")
         host = p.pop("host", None) or os.environ.get("PGHOST", "")
         port = p.pop("port", None) or os.environ.get("PGPORT", "5432")
-        dbname = quote(p.pop("dbname", None) or self.dbname, safe="")
+        raw_dbname = p.pop("dbname", None) or self.dbname
+        dbname = quote(raw_dbname, safe="")
+        # connectorx reads neither $PGPASSWORD nor the password file: give it what libpq
+        # (the other connection of the run) would find, or the two would disagree.
+        password = p.pop("password", None) or os.environ.get("PGPASSWORD") or pgpass_password(
+            p.pop("passfile", None), host, port, raw_dbname, raw_user)
         auth = user + (f":{quote(password, safe='')}" if password is not None else "")
         query = {k: v for k, v in p.items() if k in {"sslmode", "application_name"}}
         if host.startswith("/") or not host:
             query["host"] = host or "/var/run/postgresql"
+            # libpq never uses TLS on a unix socket and ignores sslmode there; connectorx
+            # would try TLS and fail after its pool's 30 s timeout
+            query.pop("sslmode", None)
             netloc = f"{auth}@localhost:{port}"
         else:
             netloc = f"{auth}@{host}:{port}"
@@ -186,6 +196,53 @@ class Database:
         host = self.params.get("host", "localhost")
         port = self.params.get("port", "5432")
         return f"{host}:{port}/{self.dbname}"
+
+
+#: Where libpq builds put their default unix socket (upstream, Debian and Red Hat).
+_DEFAULT_SOCKET_DIRS = ("/tmp", "/var/run/postgresql", "/run/postgresql")
+
+
+def pgpass_password(
+    passfile: str | None, host: str, port: str, dbname: str, user: str
+) -> str | None:
+    r"""The password libpq would take from the password file for these connection values.
+
+    The file is ``passfile``, else ``$PGPASSFILE``, else ``~/.pgpass``; lines are
+    ``hostname:port:database:username:password`` with ``*`` matching anything and ``\``
+    escaping ``:`` and itself; the first matching line wins; a file others can read is
+    ignored (as libpq does). The host is matched as given, a socket directory included;
+    no host, or libpq's default socket directory, matches ``localhost``.
+    """
+    path = Path(passfile or os.environ.get("PGPASSFILE") or Path.home() / ".pgpass")
+    try:
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            return None
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    hosts = {host or "localhost"}
+    if host in _DEFAULT_SOCKET_DIRS:
+        hosts.add("localhost")
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields: list[str] = []
+        current: list[str] = []
+        chars = iter(line)
+        for char in chars:
+            if char == "\\":
+                current.append(next(chars, ""))
+            elif char == ":" and len(fields) < 4:
+                fields.append("".join(current))
+                current = []
+            else:
+                current.append(char)
+        fields.append("".join(current))
+        if len(fields) == 5 and (fields[0] == "*" or fields[0] in hosts) and all(
+            f in ("*", w) for f, w in zip(fields[1:4], (port, dbname, user), strict=True)
+        ):
+            return fields[4]
+    return None
 
 
 def resolve(dsn: str | None, data_dir: Path, embedded_dbname: str) -> Database:

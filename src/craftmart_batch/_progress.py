@@ -63,7 +63,10 @@ class StageProgress:
             elapsed = time.perf_counter() - self.started
             if self.console is not None:
                 self._stop()
-                self.console.print(f"  [green]✓[/green] {self.current} [dim]{elapsed:.1f}s[/dim]")
+                # Called from the command's `finally`: an exception on its way out means
+                # this stage failed, and a green tick would say otherwise.
+                mark = "[red]✗[/red]" if sys.exc_info()[0] is not None else "[green]✓[/green]"
+                self.console.print(f"  {mark} {self.current} [dim]{elapsed:.1f}s[/dim]")
             else:
                 print(f" {elapsed:.1f}s", file=self.stream, flush=True)
         self._stop()

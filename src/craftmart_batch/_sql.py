@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,5 +92,9 @@ def stage(conn: Any, name: str, frame: pl.DataFrame) -> str:
 
 def database_error(exc: BaseException, doing: str) -> CraftmartError:
     """A driver error as one redacted line that says what was being done."""
-    message = first_line(redact(str(exc)))
+    text = redact(str(exc))
+    # libpq's text starts with the statement, which may span lines; the server's own
+    # "ERROR:  ..." line is what says what went wrong.
+    server = re.search(r"ERROR:\s+(\S.*)", text)
+    message = server.group(1).strip() if server else first_line(text)
     return CraftmartError(f"{doing} failed: {message}")

@@ -247,11 +247,11 @@ def docs(
     ] = None,
 ) -> None:
     """A Markdown data dictionary of dwh, marts and craftmart from the database's comments."""
-    from . import report
+    from . import dictionary
 
     settings = _settings(config, dsn)
     db = _database(settings)
-    text = report.data_dictionary(db)
+    text = dictionary.data_dictionary(db)
     if out is None:
         print(text, end="")
         return
@@ -292,7 +292,7 @@ def report_(
 @app.command("grant-reader")
 def grant_reader(
     role: Annotated[str, typer.Argument(help="The role that may read the marts.",
-                                        show_default=False)],
+                                        metavar="ROLE", show_default=False)],
     dsn: DsnOption = None,
     config: ConfigOption = None,
 ) -> None:

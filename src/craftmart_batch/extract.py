@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,6 +154,10 @@ def empty_canonical() -> pl.DataFrame:
 
 def pull_sources(db: Database, sources: Sequence[Source]) -> pl.DataFrame:
     """Read every source with connectorx (in parallel) into one canonical frame."""
+    # connectorx's Rust logger prints its pool's retries to stderr; the error itself comes
+    # back as the exception below, so the logger stays off unless RUST_LOG asks for it.
+    # (It reads RUST_LOG once, when the module is first imported.)
+    os.environ.setdefault("RUST_LOG", "off")
     import connectorx as cx
 
     queries = [source_query(s) for s in sources]

@@ -204,7 +204,56 @@ def write_warehouse(conn: Any, current: Warehouse, diff: WarehouseDiff) -> Surro
     _delete_by_id(conn, "d_product", "product_id", diff.products.deleted)
     _delete_by_id(conn, "d_customer", "customer_id", diff.customers.deleted)
     _delete_by_id(conn, "d_craftsman", "craftsman_id", diff.craftsmen.deleted)
+    _log_attribute_touches(conn, current, diff, ids)
     return ids
+
+
+def _changed(
+    updates: pl.DataFrame, current: pl.DataFrame, key: list[str], attr: str
+) -> pl.DataFrame:
+    """The updated rows whose ``attr`` differs from its current value."""
+    return updates.join(
+        current.select(*key, pl.col(attr).alias("__before")), on=key, how="inner",
+        nulls_equal=True,
+    ).filter(pl.col(attr).ne_missing(pl.col("__before")))
+
+
+def _log_attribute_touches(
+    conn: Any, current: Warehouse, diff: WarehouseDiff, ids: SurrogateIds
+) -> None:
+    """Log the owners of orders whose mart values change through a dimension.
+
+    A product's type feeds both marts' top category, and a customer's birthday the
+    craftsman mart's average age, for every order of that product or customer. The
+    orders themselves are unchanged, so their load_dttm cannot say so: the change log
+    does. (Other dimension changes — a product's current price, an address — either
+    feed no mart or only the row of their own entity, which its load_dttm covers.)
+    """
+    product_key = list(PRODUCT_KEY)
+    retyped = _changed(diff.products.updates, current.products, product_key, "product_type")
+    if not retyped.is_empty():
+        staged = stage(conn, "stage_retyped_products",
+                       retyped.join(ids.products, on=product_key, nulls_equal=True)
+                       .select("product_id"))
+        _log_orders_of(conn, f"f.product_id in (select product_id from {staged})")
+    reborn = _changed(diff.customers.updates, current.customers, ["customer_email"],
+                      "customer_birthday")
+    if not reborn.is_empty():
+        staged = stage(conn, "stage_birthday_changes",
+                       reborn.join(ids.customers, on="customer_email").select("customer_id"))
+        _log_orders_of(conn, f"f.customer_id in (select customer_id from {staged})")
+
+
+def _log_orders_of(conn: Any, condition: str) -> None:
+    execute(
+        conn,
+        f"""
+        insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
+        select distinct {RUN_TS}, f.customer_id, f.craftsman_id
+        from dwh.f_order as f
+        where {condition}
+        """,
+    )
 
 
 @contextmanager
@@ -247,7 +296,7 @@ def _upsert_person(
         insert into dwh.d_{entity} ({", ".join(attrs)}, {email}, load_dttm)
         select {", ".join(attrs)}, {email}, {RUN_TS}
         from {staged}
-        on conflict ({email}) do update set
+        on conflict (md5({email})) do update set
             {", ".join(f"{a} = excluded.{a}" for a in attrs)},
             load_dttm = excluded.load_dttm
         returning {id_col}, {email}
@@ -279,7 +328,7 @@ def _upsert_products(
             craftsman_id, product_name, product_description, product_type,
             product_price, {RUN_TS}
         from {staged}
-        on conflict on constraint d_product_natural_uq do update set
+        on conflict (craftsman_id, md5(product_name), md5(product_description)) do update set
             product_type = excluded.product_type,
             product_price = excluded.product_price,
             load_dttm = excluded.load_dttm

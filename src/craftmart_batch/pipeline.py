@@ -147,6 +147,7 @@ def run(
             with _stage(report, mart.name, progress):
                 outcome = refresh.refresh(conn, mart, full=full, dwh_orders=mart_input)
                 report.marts[mart.name] = outcome.as_dict()
+        refresh.prune_change_log(conn)
         with _stage(report, "commit", progress):
             _record_run(conn, report, started_at)
             conn.commit()
@@ -212,7 +213,7 @@ def _record_failure(db: Database, report: RunReport, started_at: float, error: s
         # A short connect timeout: the run may have failed because the server went away.
         conn = connect(Database({**db.params, "connect_timeout": "5"}), autocommit=True)
     except Exception:
-        logger.warning("could not record the failed run: the database is unreachable")
+        logger.info("could not record the failed run: the database is unreachable")
         return
     try:
         if fetch_value(conn, "select to_regclass('craftmart.runs')::text") is None:
@@ -224,10 +225,13 @@ def _record_failure(db: Database, report: RunReport, started_at: float, error: s
             values (to_timestamp($1), clock_timestamp(), $2, 'failed', $3::jsonb)
             """,
             (started_at, "full" if report.full else "incremental",
-             json.dumps({**report.as_dict(), "error": redact(error)}, default=str)),
+             # what it read and how long each finished stage took, but no DWH, mart
+             # or quarantine changes: the rollback kept none of them
+             json.dumps({**report.as_dict(), "dwh": {}, "quarantine": {}, "marts": {},
+                         "error": redact(error)}, default=str)),
         )
     except Exception as exc:
-        logger.warning("could not record the failed run: %s", first_line(redact(str(exc))))
+        logger.info("could not record the failed run: %s", first_line(redact(str(exc))))
     finally:
         _close(conn)
 

@@ -39,9 +39,10 @@ class Mart:
         return list(marts.MART_COLUMNS[self.name])
 
 
-# An order's customer and craftsman, its product's type and the customer's attributes
-# all feed the marts, so a change to any of them (or an order leaving an entity, kept
-# in the change log) touches the entity.
+# An entity is touched by a change to one of its orders (load_dttm), to its own
+# attributes (its dimension's load_dttm), or by what the change log holds: orders
+# that left it (deleted or moved) and orders whose product type or customer birthday
+# changed (see load._log_attribute_touches).
 CUSTOMER_MART = Mart(
     name="customer_report_datamart",
     entity_id="customer_id",
@@ -50,11 +51,6 @@ CUSTOMER_MART = Mart(
         select customer_id from dwh.f_order where load_dttm > $1::timestamptz
         union
         select customer_id from dwh.d_customer where load_dttm > $1::timestamptz
-        union
-        select f.customer_id
-        from dwh.d_product as p
-        inner join dwh.f_order as f on f.product_id = p.product_id
-        where p.load_dttm > $1::timestamptz
         union
         select customer_id from craftmart.order_change_log where changed_at > $1::timestamptz
     """,
@@ -68,13 +64,6 @@ CRAFTSMAN_MART = Mart(
         select craftsman_id from dwh.f_order where load_dttm > $1::timestamptz
         union
         select craftsman_id from dwh.d_craftsman where load_dttm > $1::timestamptz
-        union
-        select craftsman_id from dwh.d_product where load_dttm > $1::timestamptz
-        union
-        select f.craftsman_id
-        from dwh.d_customer as c
-        inner join dwh.f_order as f on f.customer_id = c.customer_id
-        where c.load_dttm > $1::timestamptz
         union
         select craftsman_id from craftmart.order_change_log where changed_at > $1::timestamptz
     """,
@@ -224,3 +213,17 @@ def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tu
 
 def _advance(conn: Any, mart: Mart) -> None:
     execute(conn, f"insert into {mart.load_dates} (load_dttm) values ({RUN_TS})")
+
+
+def prune_change_log(conn: Any) -> None:
+    """Forget change-log rows that every mart's watermark has passed."""
+    execute(
+        conn,
+        """
+        delete from craftmart.order_change_log
+        where changed_at <= least(
+            (select max(load_dttm) from marts.load_dates_customer_report_datamart),
+            (select max(load_dttm) from marts.load_dates_craftsman_report_datamart)
+        )
+        """,
+    )

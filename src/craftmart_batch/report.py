@@ -1,4 +1,4 @@
-"""Human-readable and JSON views of runs, marts, quarantine, freshness and the data dictionary."""
+"""Human-readable and JSON views of runs, marts, quarantine and freshness."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def run_summary(report: RunReport) -> str:
     return "\n".join(lines)
 
 
-def _require_warehouse(conn: Any) -> None:
+def require_warehouse(conn: Any) -> None:
+    """Refuse a database craftmart-batch has never run on, in one line."""
     if fetch_value(conn, "select to_regclass('craftmart.schema_migrations')::text") is None:
         raise CraftmartError("no warehouse in this database yet: run `craftmart-batch run` first")
 
@@ -73,7 +74,7 @@ def _require_warehouse(conn: Any) -> None:
 def marts_summary(db: Database, months: int = 6) -> str:
     """Platform totals of the last months and the top customers of the latest month."""
     with connection(db) as conn:
-        _require_warehouse(conn)
+        require_warehouse(conn)
         per_month = fetch_frame(
             conn,
             f"""
@@ -125,7 +126,7 @@ def quarantine_listing(
     if limit < 0:
         raise CraftmartError(f"--limit must be 0 (all) or a positive number, got {limit}")
     with connection(db) as conn:
-        _require_warehouse(conn)
+        require_warehouse(conn)
         frame = fetch_frame(
             conn,
             """
@@ -253,7 +254,7 @@ class Status:
 def read_status(db: Database, *, max_age: float | None = None) -> Status:
     """Each mart's watermark, its age and row count; the last run; quarantine counts."""
     with connection(db) as conn:
-        _require_warehouse(conn)
+        require_warehouse(conn)
         marts = fetch_frame(
             conn,
             """
@@ -354,7 +355,7 @@ def history(db: Database, *, limit: int, as_json: bool) -> str:
     if limit < 0:
         raise CraftmartError(f"--limit must be 0 (all) or a positive number, got {limit}")
     with connection(db) as conn:
-        _require_warehouse(conn)
+        require_warehouse(conn)
         runs = _runs(conn, limit=limit)
     if as_json:
         return json.dumps(runs, indent=2)
@@ -397,124 +398,3 @@ STAGES = ("lock", "schema", "pull", "validate", "dedup", "diff", "write",
 
 def _short(stage: str) -> str:
     return stage.removesuffix("_report_datamart")
-
-
-# --------------------------------------------------------------------------- data dictionary
-
-#: The schemas a user queries, in the order the data flows.
-DICTIONARY_SCHEMAS = ("dwh", "marts", "craftmart")
-
-
-def data_dictionary(db: Database) -> str:
-    """A Markdown data dictionary of dwh, marts and craftmart from the database's own
-    ``comment on`` text: every table, its keys, and every column's type and meaning."""
-    with connection(db) as conn:
-        _require_warehouse(conn)
-        version = fetch_value(conn, "select max(version) from craftmart.schema_migrations")
-        schemas = fetch_frame(
-            conn,
-            """
-            select nspname as schema_name,
-                   coalesce(obj_description(oid, 'pg_namespace'), '') as comment
-            from pg_catalog.pg_namespace
-            where nspname = any($1::text[])
-            """,
-            ("{" + ",".join(DICTIONARY_SCHEMAS) + "}",),
-        )
-        columns = fetch_frame(
-            conn,
-            """
-            with documented_tables as (
-                select
-                    c.oid,
-                    n.nspname as schema_name,
-                    c.relname as table_name,
-                    coalesce(obj_description(c.oid, 'pg_class'), '') as table_comment
-                from pg_catalog.pg_class as c
-                inner join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
-                where n.nspname = any($1::text[])
-                    and c.relkind in ('r', 'p', 'v', 'm')
-            )
-            select
-                t.schema_name,
-                t.table_name,
-                t.table_comment,
-                a.attnum as position,
-                a.attname as column_name,
-                format_type(a.atttypid, a.atttypmod) as data_type,
-                not a.attnotnull as nullable,
-                coalesce(col_description(t.oid, a.attnum), '') as comment
-            from documented_tables as t
-            inner join pg_catalog.pg_attribute as a on a.attrelid = t.oid
-            where a.attnum > 0 and not a.attisdropped
-            order by t.schema_name, t.table_name, a.attnum
-            """,
-            ("{" + ",".join(DICTIONARY_SCHEMAS) + "}",),
-        )
-        keys = fetch_frame(
-            conn,
-            """
-            select
-                n.nspname as schema_name,
-                c.relname as table_name,
-                k.contype::text as kind,
-                pg_get_constraintdef(k.oid) as definition
-            from pg_catalog.pg_constraint as k
-            inner join pg_catalog.pg_class as c on c.oid = k.conrelid
-            inner join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
-            where n.nspname = any($1::text[]) and k.contype in ('p', 'u', 'f')
-            order by n.nspname, c.relname, k.contype, k.conname
-            """,
-            ("{" + ",".join(DICTIONARY_SCHEMAS) + "}",),
-        )
-    schema_comments = dict(schemas.iter_rows())
-    lines = [
-        "# Data dictionary",
-        "",
-        "Generated by `craftmart-batch docs` from the database's own `comment on` text "
-        f"(schema version {version}); regenerate it rather than editing it:",
-        "",
-        "```sh",
-        "craftmart-batch docs --out docs/data-dictionary.md",
-        "```",
-    ]
-    for schema_name in DICTIONARY_SCHEMAS:
-        in_schema = columns.filter(pl.col("schema_name") == schema_name)
-        if schema_name not in schema_comments:
-            continue
-        lines += ["", f"## Schema `{schema_name}`", ""]
-        if schema_comments[schema_name]:
-            lines += [_md(schema_comments[schema_name])]
-        for table_name in in_schema["table_name"].unique(maintain_order=True).to_list():
-            table = in_schema.filter(pl.col("table_name") == table_name)
-            lines += ["", f"### `{schema_name}.{table_name}`", ""]
-            if table["table_comment"][0]:
-                lines += [_md(table["table_comment"][0]), ""]
-            table_keys = keys.filter(
-                (pl.col("schema_name") == schema_name) & (pl.col("table_name") == table_name)
-            )
-            for kind, definition in table_keys.select("kind", "definition").iter_rows():
-                lines.append(_key_line(kind, definition))
-            if table_keys.height:
-                lines.append("")
-            lines += ["| column | type | null | description |", "|---|---|---|---|"]
-            for row in table.iter_rows(named=True):
-                lines.append(
-                    f"| `{row['column_name']}` | {row['data_type']} | "
-                    f"{'yes' if row['nullable'] else 'no'} | {_md(row['comment'])} |"
-                )
-    return "\n".join(lines) + "\n"
-
-
-def _key_line(kind: str, definition: str) -> str:
-    """``PRIMARY KEY (a)`` -> ``- Primary key: `a` ``; a foreign key names its target."""
-    label, prefix = {"p": ("Primary key", "PRIMARY KEY"), "u": ("Unique", "UNIQUE"),
-                     "f": ("Foreign key", "FOREIGN KEY")}[kind]
-    columns, _, target = definition.removeprefix(prefix).strip().partition(" REFERENCES ")
-    text = f"- {label}: `{columns.strip().removeprefix('(').removesuffix(')')}`"
-    return text + (f" → `{target.strip()}`" if target else "")
-
-
-def _md(text: str) -> str:
-    """Comment text for one Markdown table cell or paragraph."""
-    return " ".join(text.split()).replace("|", "\\|")

@@ -7,7 +7,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from ._sql import execute, execute_script, fetch_value
+from ._sql import execute, fetch_value, split_statements
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,9 @@ def current_version(conn: Any) -> int:
     """The highest applied migration, 0 for a database craftmart-batch never touched."""
     if fetch_value(conn, "select to_regclass('craftmart.schema_migrations')::text") is None:
         return 0
-    return int(fetch_value(conn, "select coalesce(max(version), 0) from craftmart.schema_migrations"))
+    return int(
+        fetch_value(conn, "select coalesce(max(version), 0) from craftmart.schema_migrations")
+    )
 
 
 def migrate(conn: Any) -> list[str]:
@@ -44,7 +46,9 @@ def migrate(conn: Any) -> list[str]:
         if number <= version:
             continue
         logger.info("applying schema migration %04d_%s", number, name)
-        execute_script(conn, script)
+        for statement in split_statements(script):
+            if not _creates_an_existing_schema(conn, statement):
+                execute(conn, statement)
         execute(
             conn,
             "insert into craftmart.schema_migrations (version, name) values ($1, $2)",
@@ -52,6 +56,29 @@ def migrate(conn: Any) -> list[str]:
         )
         applied.append(f"{number:04d}_{name}")
     return applied
+
+
+_CREATE_SCHEMA_IF_NOT_EXISTS = re.compile(
+    r"create\s+schema\s+if\s+not\s+exists\s+(\w+)\s*;?", re.IGNORECASE
+)
+
+
+def _creates_an_existing_schema(conn: Any, statement: str) -> bool:
+    """Whether ``statement`` is ``create schema if not exists S`` for an S that exists.
+
+    PostgreSQL checks CREATE on the database before it looks whether the schema exists,
+    so the statement fails for an account that owns pre-created schemas but may not
+    create new ones (docs/reliability.md). Skipping it changes nothing else.
+    """
+    code = " ".join(
+        line for line in statement.splitlines() if not line.strip().startswith("--")
+    ).strip()
+    match = _CREATE_SCHEMA_IF_NOT_EXISTS.fullmatch(code)
+    if match is None:
+        return False
+    return bool(fetch_value(
+        conn, "select exists (select from pg_namespace where nspname = $1)", (match.group(1),)
+    ))
 
 
 def latest_version() -> int:

@@ -351,10 +351,12 @@ def _check_ranges(result: pl.DataFrame, mart: str, numeric_columns: dict[str, pl
         assert dtype.scale is not None
         value = Decimal(row[f"_{name}_scaled"]).scaleb(-dtype.scale)
         more = f" (and {rows.height - 1} more rows)" if rows.height > 1 else ""
+        # The email too: the id of an entity new in this run is gone with its rollback.
+        email = f"{entity.removesuffix('_id')}_email"
         raise CraftmartError(
             f"marts.{mart}.{name} = {value} does not fit numeric({dtype.precision}, "
             f"{dtype.scale}) for {entity} {row[entity]}, report_period "
-            f"{row['report_period']}{more}"
+            f"{row['report_period']} ({email} {row[email]}){more}"
         )
 
 
