@@ -10,6 +10,7 @@ class ExitCode(IntEnum):
 
     OK = 0
     STALE = 1  # `status --max-age`: a mart is older than allowed
+    CHECK_FAILED = 1  # `report`: a reconciliation in the analysts' notebook failed
     CANNOT_START = 2  # bad arguments, unreachable database, missing source object
     LOCKED = 3  # another run holds the lock
 

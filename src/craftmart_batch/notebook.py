@@ -21,7 +21,7 @@ DEFAULT_NOTEBOOK = "marts_check.ipynb"
 
 #: Exit code of a notebook that ran and raised: one of its checks failed (exit 1, as a
 #: stale mart in `status --max-age`), as opposed to a report that could not start (2).
-CHECK_FAILED = ExitCode.STALE
+CHECK_FAILED = ExitCode.CHECK_FAILED
 
 
 def find_notebook(path: Path | None = None) -> Path:

@@ -4,9 +4,9 @@ comment on column craftmart.schema_migrations.name is 'Migration name: the rest 
 comment on column craftmart.schema_migrations.applied_at is 'When the migration was applied.';
 
 comment on column craftmart.order_change_log.change_id is 'Row id.';
-comment on column craftmart.order_change_log.changed_at is 'Timestamp of the run that deleted or moved the order.';
-comment on column craftmart.order_change_log.customer_id is 'The customer the order left: its mart rows are recomputed.';
-comment on column craftmart.order_change_log.craftsman_id is 'The craftsman the order left: its mart rows are recomputed.';
+comment on column craftmart.order_change_log.changed_at is 'Timestamp (run_ts) of the run that made the change.';
+comment on column craftmart.order_change_log.customer_id is 'A customer whose customer_report_datamart rows the next refresh recomputes.';
+comment on column craftmart.order_change_log.craftsman_id is 'A craftsman whose craftsman_report_datamart rows the next refresh recomputes.';
 
 comment on column craftmart.quarantine.quarantine_id is 'Row id.';
 
