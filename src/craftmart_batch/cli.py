@@ -132,6 +132,7 @@ def generate(
                              f"positive number, got {count}")
     settings = _settings(config, dsn)
     db = _database(settings)
+    summary: object
     with connection(db) as conn:
         if orders is not None:
             summary = gen.generate(conn, orders, seed, replace=replace,

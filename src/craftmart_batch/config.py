@@ -91,11 +91,12 @@ class Settings:
 
 
 _TOP_KEYS = {"database", "run", "sources"}
-_DATABASE_KEYS = {"dsn": str, "data_dir": str, "embedded_dbname": str}
-_RUN_KEYS = {"wait_for_lock": bool, "statement_timeout": str}
-_SOURCE_KEYS = {"schema": str, "table": str, "key": str, "enabled": bool, "join": list,
-                "columns": dict}
-_JOIN_KEYS = {"name": str, "table": str, "on": dict}
+_DATABASE_KEYS: dict[str, type] = {"dsn": str, "data_dir": str, "embedded_dbname": str}
+_RUN_KEYS: dict[str, type] = {"wait_for_lock": bool, "statement_timeout": str}
+_SOURCE_KEYS: dict[str, type] = {
+    "schema": str, "table": str, "key": str, "enabled": bool, "join": list, "columns": dict,
+}
+_JOIN_KEYS: dict[str, type] = {"name": str, "table": str, "on": dict}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -67,7 +67,9 @@ def check_sources(conn: Any, sources: Sequence[Source]) -> None:
                 raise CraftmartError(
                     f"source {source.name!r}: table {source.schema}.{table} does not exist"
                 )
-        needed = [(ORDER_TABLE_ALIAS, source.key, "integer", "order key")]
+        needed: list[tuple[str, str, str | None, str]] = [
+            (ORDER_TABLE_ALIAS, source.key, "integer", "order key")
+        ]
         for join in source.joins:
             for left, right in join.on:
                 left_alias, _, left_col = left.partition(".")

@@ -1,8 +1,9 @@
 """Properties of validate + build_warehouse + diff_table over generated canonical frames.
 
 The frames are small (0-40 rows) and dense on purpose: a few people whose emails vary
-in case and padding, a few products, three dates (so recency ties are common), order keys that collide, and a
-mix of valid and invalid rows, so that identity, ties and duplicates happen often.
+in case and padding, a few products, three dates (so recency ties are common), order
+keys that collide, and a mix of valid and invalid rows, so that identity, ties and
+duplicates happen often.
 """
 
 from __future__ import annotations
