@@ -154,3 +154,23 @@ def mart(db: Database, name: str) -> pl.DataFrame:
     )
     entity = "customer_id" if name.startswith("customer") else "craftsman_id"
     return query(db, f"select {select} from marts.{name}").sort(entity, "report_period")
+
+
+def warehouse_state(db: Database) -> dict[str, str]:
+    """Every table of dwh, marts (load dates included) and craftmart, except the run
+    history, as sorted row texts: what an unfinished or refused run must leave as it was."""
+    conn = connect(db)
+    try:
+        tables = fetch_frame(
+            conn,
+            "select table_schema || '.' || table_name as t from information_schema.tables"
+            " where table_schema in ('dwh', 'marts', 'craftmart') and table_type = 'BASE TABLE'"
+            " and (table_schema, table_name) <> ('craftmart', 'runs') order by 1",
+        )["t"].to_list()
+        return {
+            table: str(fetch_value(conn, "select coalesce(string_agg(x::text, E'\\n'"
+                                         f" order by x::text), '') from {table} as x"))
+            for table in tables
+        }
+    finally:
+        conn.close()

@@ -19,12 +19,11 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import add_order, create_sources, mart, query, run, sql
+from helpers import add_order, create_sources, mart, query, run, sql, warehouse_state
 from oracle import expected_craftsman_mart, expected_customer_mart
 from polars.testing import assert_frame_equal
 
 from craftmart_batch._database import Database, connection
-from craftmart_batch._sql import fetch_frame, fetch_value
 from craftmart_batch.errors import CraftmartError
 
 D = dt.date
@@ -398,20 +397,6 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-def warehouse_as_text(db: Database) -> dict[str, str]:
-    """Every table of dwh, marts and craftmart except the run history, as sorted text."""
-    with connection(db) as conn:
-        tables = fetch_frame(
-            conn,
-            "select table_schema || '.' || table_name as t from information_schema.tables"
-            " where table_schema in ('dwh', 'marts', 'craftmart') and table_type = 'BASE TABLE'"
-            " and (table_schema, table_name) <> ('craftmart', 'runs') order by 1",
-        )["t"].to_list()
-        return {t: str(fetch_value(conn, "select coalesce(string_agg(x::text, E'\\n'"
-                                         f" order by x::text), '') from {t} as x"))
-                for t in tables}
-
-
 #: Valid source rows whose mart values cannot fit their numeric columns, with the value
 #: and column the error must name. The order is created in January 2024 unless it says.
 TOO_LARGE = {
@@ -440,7 +425,7 @@ def test_a_value_too_large_for_its_mart_column_stops_the_run_in_one_line(
     add_order(db, "source1", customer_email="fine@buyer.example")
     run(db)
     for case, (fields, named) in TOO_LARGE.items():
-        before = warehouse_as_text(db)
+        before = warehouse_state(db)
         key = add_order(db, "source3", **{"customer_email": f"{case}@buyer.example",
                                           "craftsman_email": f"{case}@craft.example",
                                           "order_created_date": D(2024, 1, 5), **fields})
@@ -461,7 +446,7 @@ def test_a_value_too_large_for_its_mart_column_stops_the_run_in_one_line(
             message = str(error.value)
             assert "\n" not in message
         assert all(part in message for part in expected), (case, message)
-        assert warehouse_as_text(db) == before, case
+        assert warehouse_state(db) == before, case
 
         if "product_price" in fields:
             sql(db, "update source3.craft_market_orders set product_price = 5"
@@ -533,7 +518,7 @@ def test_a_source_shape_change_is_refused_before_anything_is_written(db: Databas
     these is held by test_dwh_load.py.)"""
     _recreate_sources(db, with_orders=True)
     run(db)
-    before = warehouse_as_text(db)
+    before = warehouse_state(db)
     runs = query(db, "select count(*) from craftmart.runs").item()
     for case, (change, named) in SHAPE_CHANGES.items():
         _recreate_sources(db)  # empty: the run must stop before it reads a row
@@ -545,7 +530,7 @@ def test_a_source_shape_change_is_refused_before_anything_is_written(db: Databas
         assert message.startswith("source "), (case, message)
         assert named in message, (case, message)
         assert "\n" not in message
-        assert warehouse_as_text(db) == before, case
+        assert warehouse_state(db) == before, case
         assert query(db, "select count(*) from craftmart.runs").item() == runs, case
     _recreate_sources(db, with_orders=True)
     report = run(db)

@@ -28,7 +28,15 @@ from typing import Any
 import polars as pl
 import pytest
 from conftest import TEST_DSN_VARIABLE
-from helpers import DEFAULT_ORDER, add_order, create_sources, query, run, sql
+from helpers import (
+    DEFAULT_ORDER,
+    add_order,
+    create_sources,
+    query,
+    run,
+    sql,
+    warehouse_state,
+)
 from polars.testing import assert_frame_equal
 
 from craftmart_batch import pipeline
@@ -121,23 +129,6 @@ def change_sources(db: Database, changes: int, seed: int) -> None:
     with connection(db) as conn:
         apply_changes(conn, changes, seed=seed)
         conn.commit()
-
-
-def warehouse_state(db: Database) -> dict[str, str]:
-    """Every table of dwh, marts (load dates included) and craftmart, except the run
-    history, as sorted row texts: what an unfinished run must leave untouched."""
-    with connection(db) as conn:
-        tables = fetch_frame(
-            conn,
-            "select table_schema || '.' || table_name as t from information_schema.tables"
-            " where table_schema in ('dwh', 'marts', 'craftmart') and table_type = 'BASE TABLE'"
-            " and (table_schema, table_name) <> ('craftmart', 'runs') order by 1",
-        )["t"].to_list()
-        return {
-            table: str(fetch_value(conn, "select coalesce(string_agg(x::text, E'\\n'"
-                                         f" order by x::text), '') from {table} as x"))
-            for table in tables
-        }
 
 
 def successful_runs(db: Database) -> int:
