@@ -786,8 +786,8 @@ def test_a_small_change_reaggregates_and_rewrites_only_the_touched_entities(db: 
 
 
 def test_an_attribute_change_rewrites_only_rows_whose_values_change(db: Database) -> None:
-    """A customer's address change re-aggregates that customer and the craftsmen they
-    bought from, but only the customer's own rows differ, so only they are rewritten."""
+    """A customer's address change re-aggregates that customer only (an address is in no
+    craftsman row), and rewrites that customer's rows only."""
     _marketplace(db)
     run(db)
     c2 = customer_id(db, "c2@buyer.example")
@@ -803,10 +803,8 @@ def test_an_attribute_change_rewrites_only_rows_whose_values_change(db: Database
 
     assert report.dwh["d_customer"] == {"inserted": 0, "updated": 1, "deleted": 0}
     assert (report.marts[CUSTOMER]["entities"], report.marts[CUSTOMER]["rows_updated"]) == (1, 3)
-    # an address is not in the craftsman mart: at most the three craftsmen c2 bought from
-    # are re-aggregated (d_customer has one load_dttm for all its attributes, birthday
-    # included), and none of their rows is written
-    assert report.marts[CRAFTSMAN]["entities"] <= 3
+    # an address feeds no craftsman row: no craftsman is re-aggregated, none rewritten
+    assert report.marts[CRAFTSMAN]["entities"] == 0
     assert report.marts[CRAFTSMAN]["rows_updated"] == 0
     assert mart_xmins(db, CRAFTSMAN) == marts_before[CRAFTSMAN]
     after = mart_xmins(db, CUSTOMER)
@@ -814,6 +812,57 @@ def test_an_attribute_change_rewrites_only_rows_whose_values_change(db: Database
     assert rewritten == {_key(c2, p) for p in ("2024-01", "2024-02", "2024-03")}
     assert {r["customer_address"] for r in rows_of(db, CUSTOMER, customer_id=c2)} == {
         "1 Moved Rd"}
+    assert_marts_match_rebuild(db)
+
+
+def test_a_birthday_change_reaggregates_the_customer_and_their_craftsmen_only(
+    db: Database,
+) -> None:
+    """A customer's birthday feeds avg_age_customer: the customer and exactly the
+    craftsmen they bought from are re-aggregated; the craftsman rows that change are
+    the months with that customer's orders."""
+    _marketplace(db)
+    run(db)
+    c4 = customer_id(db, "c4@buyer.example")
+    craftsmen_of_c4 = query(
+        db, "select distinct craftsman_id, to_char(order_created_date, 'YYYY-MM') as period"
+            " from dwh.f_order where customer_id = $1", (c4,)).rows()
+    before = mart_xmins(db, CRAFTSMAN)
+    for source, key in query(db, "select source_name, source_order_id from dwh.f_order"
+                                 " where customer_id = $1", (c4,)).rows():
+        set_field(db, source, key, "customer_birthday", dt.date(1940, 6, 6))
+    report = run(db)
+
+    assert report.marts[CUSTOMER]["entities"] == 1
+    assert report.marts[CRAFTSMAN]["entities"] == len({k for k, _ in craftsmen_of_c4})
+    after = mart_xmins(db, CRAFTSMAN)
+    assert {k for k in after if after[k] != before[k]} == {
+        _key(k, p) for k, p in craftsmen_of_c4}
+    assert_marts_match_rebuild(db)
+
+
+def test_a_product_price_change_reaggregates_only_the_order_that_carries_it(
+    db: Database,
+) -> None:
+    """A product's current price (d_product) feeds no mart: a new price on its latest
+    order re-aggregates that order's customer and craftsman, not the product's other
+    buyers, whose past orders keep the price they paid."""
+    create_sources(db)
+    add_order(db, "source1", **ANN, **BOB, order_created_date=dt.date(2024, 1, 5),
+              product_price=100)
+    latest = add_order(db, "source1", **ANN, **CAT, order_created_date=dt.date(2024, 2, 5),
+                       product_price=100)
+    run(db)
+    bob_before = row_of(db, CUSTOMER, customer_email="bob@buyer.example")
+
+    set_field(db, "source1", latest, "product_price", 130)
+    report = run(db)
+
+    assert query(db, "select product_price from dwh.d_product").item() == 130
+    assert report.marts[CUSTOMER]["entities"] == 1
+    assert report.marts[CRAFTSMAN]["entities"] == 1
+    assert row_of(db, CUSTOMER, customer_email="bob@buyer.example") == bob_before
+    assert row_of(db, CUSTOMER, customer_email="cat@buyer.example")["customer_money"] == "130.00"
     assert_marts_match_rebuild(db)
 
 

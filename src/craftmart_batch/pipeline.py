@@ -128,16 +128,19 @@ def run(
             canonical = extract.pull_sources(db, settings.sources)
         with _stage(report, "validate", progress):
             valid, quarantine = validate(canonical)
+            report.sources = _source_counts(settings, canonical, valid, quarantine)
+            del canonical  # the largest frame: free it before the DWH is read in
         with _stage(report, "dedup", progress):
             target = build_warehouse(valid)
+            del valid
         with _stage(report, "diff", progress):
             current = load.read_current(conn)
             diff = load.diff_warehouse(current, target)
         with _stage(report, "write", progress):
             ids = load.write_warehouse(conn, current, diff)
             report.quarantine = load.write_quarantine(conn, quarantine)
+            del current, quarantine
         report.dwh = diff.counts()
-        report.sources = _source_counts(settings, canonical, valid, quarantine)
         # The DWH as now written, in memory: what the marts aggregate on an
         # incremental refresh (--full re-reads it from the database instead).
         mart_input = orders_with_attributes(
