@@ -27,7 +27,15 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import DEFAULT_ORDER, add_order, create_sources, query, run, sql
+from helpers import (
+    DEFAULT_ORDER,
+    add_order,
+    create_sources,
+    query,
+    run,
+    sql,
+    warehouse_state,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle import expected_craftsman_mart, expected_customer_mart
@@ -1153,22 +1161,6 @@ STAGES = ("lock", "schema", "pull", "validate", "dedup", "diff", "write",
           CUSTOMER, CRAFTSMAN, "commit")
 
 
-def _snapshot(db: Database) -> dict[str, str]:
-    """Every table of dwh, marts and craftmart (runs excepted), as sorted row texts."""
-    with connection(db) as conn:
-        tables = fetch_frame(
-            conn,
-            "select table_schema || '.' || table_name as t from information_schema.tables"
-            " where table_schema in ('dwh', 'marts', 'craftmart') and table_type = 'BASE TABLE'"
-            " and (table_schema, table_name) <> ('craftmart', 'runs') order by 1",
-        )["t"].to_list()
-        return {
-            t: str(fetch_value(conn, "select coalesce(string_agg(x::text, E'\\n'"
-                                     f" order by x::text), '') from {t} as x"))
-            for t in tables
-        }
-
-
 def _runs(db: Database) -> int:
     """Successful runs recorded (a run records its success in its own transaction)."""
     exists = query(db, "select to_regclass('craftmart.runs') is not null").item()
@@ -1238,33 +1230,33 @@ def test_a_run_killed_at_any_stage_leaves_everything_as_it_was(
     hit: list[str] = []
 
     # the very first run, killed: nothing may appear
-    empty = _snapshot(db)
+    empty = warehouse_state(db)
     assert empty == {}
     for stage_name in ("schema", "pull", "write", CUSTOMER):
         reached, code = _kill_run(db, tmp_path, stage_name, rng.uniform(0, 0.02))
         hit.append(reached)
         if code is None:
-            assert _snapshot(db) == empty, reached
+            assert warehouse_state(db) == empty, reached
 
     run(db)
     with connection(db) as conn:
         apply_changes(conn, 400, seed=12)
         conn.commit()
-    before, runs_before = _snapshot(db), _runs(db)
+    before, runs_before = warehouse_state(db), _runs(db)
     finished_by_a_killed_run = False
     for stage_name in STAGES:
         reached, code = _kill_run(db, tmp_path, stage_name, rng.uniform(0, 0.03))
         hit.append(reached)
         if _runs(db) == runs_before:
             assert code is None, reached
-            after = _snapshot(db)
+            after = warehouse_state(db)
             assert after.keys() == before.keys()
             for table in before:
                 assert after[table] == before[table], f"{table} changed, killed in {reached}"
         else:  # killed after its commit: a finished run
             assert reached == "commit", reached
             assert_marts_match_rebuild(db)
-            before, runs_before = _snapshot(db), _runs(db)
+            before, runs_before = warehouse_state(db), _runs(db)
             finished_by_a_killed_run = True
     assert len(set(hit)) >= 6, hit
 
