@@ -16,6 +16,14 @@ from craftmart_batch.config import Settings, load_settings
 
 SOURCES = ("source1", "source2", "source3", "external_source")
 
+#: Each default source's table with one row per order.
+ORDER_TABLES = {
+    "source1": "source1.craft_market_wide",
+    "source2": "source2.craft_market_orders_customers",
+    "source3": "source3.craft_market_orders",
+    "external_source": "external_source.craft_products_orders",
+}
+
 #: A valid canonical order; tests override what they care about.
 DEFAULT_ORDER: dict[str, Any] = {
     "craftsman_name": "Ann Potter",
@@ -174,3 +182,21 @@ def warehouse_state(db: Database) -> dict[str, str]:
         }
     finally:
         conn.close()
+
+
+def rows_per_source(db: Database) -> dict[str, dict[str, int]]:
+    """Per default source: rows in its order table, in f_order and in quarantine."""
+    counts = {}
+    for source, table in ORDER_TABLES.items():
+        counts[source] = query(
+            db,
+            f"""
+            select
+                (select count(*) from {table}) as read,
+                (select count(*) from dwh.f_order where source_name = $1) as loaded,
+                (select count(*) from craftmart.quarantine where source_name = $1)
+                    as quarantined
+            """,
+            (source,),
+        ).row(0, named=True)
+    return counts

@@ -10,19 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import add_order, create_sources, mart, query, run, sql
+from helpers import (
+    ORDER_TABLES,
+    add_order,
+    create_sources,
+    mart,
+    query,
+    rows_per_source,
+    run,
+    sql,
+)
 
 from craftmart_batch._database import Database
 
 D = dt.date
-
-#: The table holding one row per order, per default source: what "rows read" counts.
-ORDER_TABLES = {
-    "source1": "source1.craft_market_wide",
-    "source2": "source2.craft_market_orders_customers",
-    "source3": "source3.craft_market_orders",
-    "external_source": "external_source.craft_products_orders",
-}
 
 #: Every table a run may write rows of, with its row id.
 WRITTEN_TABLES = {
@@ -62,24 +63,6 @@ def row_versions(db: Database) -> dict[str, list[tuple[Any, ...]]]:
             f" from {table} order by {key}",
         ).rows()
     return versions
-
-
-def rows_per_source(db: Database) -> dict[str, dict[str, int]]:
-    """Per default source: rows in its order table, in f_order and in quarantine."""
-    counts = {}
-    for source, table in ORDER_TABLES.items():
-        counts[source] = query(
-            db,
-            f"""
-            select
-                (select count(*) from {table}) as read,
-                (select count(*) from dwh.f_order where source_name = $1) as loaded,
-                (select count(*) from craftmart.quarantine where source_name = $1)
-                    as quarantined
-            """,
-            (source,),
-        ).row(0, named=True)
-    return counts
 
 
 def customers(db: Database) -> dict[str, dict[str, Any]]:

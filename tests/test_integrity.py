@@ -6,7 +6,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import query
+from helpers import query, rows_per_source
 from oracle import expected_craftsman_mart, expected_customer_mart
 from polars.testing import assert_frame_equal
 
@@ -14,13 +14,6 @@ from craftmart_batch import generate, pipeline
 from craftmart_batch._database import Database, connect
 from craftmart_batch.config import load_settings
 from craftmart_batch.transform.marts import MART_COLUMNS
-
-SOURCE_ORDER_TABLES = {
-    "source1": "source1.craft_market_wide",
-    "source2": "source2.craft_market_orders_customers",
-    "source3": "source3.craft_market_orders",
-    "external_source": "external_source.craft_products_orders",
-}
 
 
 def _run(db: Database, *, full: bool = False) -> pipeline.RunReport:
@@ -76,18 +69,7 @@ def assert_warehouse_invariants(db: Database) -> None:
         "craftsmen_without_orders": 0,
         "products_without_orders": 0,
     }
-    for source, table in SOURCE_ORDER_TABLES.items():
-        counts = query(
-            db,
-            f"""
-            select
-                (select count(*) from {table}) as read,
-                (select count(*) from dwh.f_order where source_name = $1) as loaded,
-                (select count(*) from craftmart.quarantine where source_name = $1)
-                    as quarantined
-            """,
-            (source,),
-        ).row(0, named=True)
+    for source, counts in rows_per_source(db).items():
         assert counts["read"] == counts["loaded"] + counts["quarantined"], (source, counts)
     conn = connect(db)
     try:
