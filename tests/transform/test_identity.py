@@ -7,6 +7,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from helpers import DEFAULT_ORDER
 
 from craftmart_batch.extract import CANONICAL_SCHEMA
 from craftmart_batch.transform.identity import Warehouse, build_warehouse
@@ -18,21 +19,8 @@ VALID_ROW: dict[str, Any] = {
     "source_name": "source1",
     "source_rank": 1,
     "source_order_id": 1,
+    **DEFAULT_ORDER,
     "order_created_date": dt.date(2024, 3, 10),
-    "order_completion_date": None,
-    "order_status": "created",
-    "craftsman_name": "Ann Potter",
-    "craftsman_address": "1 Clay St",
-    "craftsman_birthday": dt.date(1980, 1, 2),
-    "craftsman_email": "ann@craft.example",
-    "product_name": "Mug",
-    "product_description": "A blue mug",
-    "product_type": "ceramics",
-    "product_price": 100,
-    "customer_name": "Bob Buyer",
-    "customer_address": "2 Market Rd",
-    "customer_birthday": dt.date(1990, 5, 6),
-    "customer_email": "bob@buyer.example",
     "missing_reference": None,
 }
 
