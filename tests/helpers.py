@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -200,3 +203,24 @@ def rows_per_source(db: Database) -> dict[str, dict[str, int]]:
             (source,),
         ).row(0, named=True)
     return counts
+
+
+@contextmanager
+def generated_warehouse(server: Database, label: str, orders: int, seed: int) -> Iterator[Database]:
+    """A throwaway database with ``orders`` generated orders, loaded by one run;
+    dropped on exit. For module-scoped fixtures that only read the warehouse."""
+    from craftmart_batch import generate
+    from craftmart_batch._database import connection, quote_ident
+
+    name = f"cm_test_{label}_{uuid.uuid4().hex[:10]}"
+    with connection(server, autocommit=True) as conn:
+        execute(conn, f"create database {quote_ident(name)}")
+    db = server.with_dbname(name)
+    try:
+        with connection(db) as conn:
+            generate.generate(conn, orders, seed=seed)
+        pipeline.run(settings_for(db), db)
+        yield db
+    finally:
+        with connection(server, autocommit=True) as conn:
+            execute(conn, f"drop database if exists {quote_ident(name)} with (force)")

@@ -4,17 +4,14 @@ check fails loudly when a mart disagrees with the DWH."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import query, settings_for, sql
+from helpers import generated_warehouse, query, sql
 
-from craftmart_batch import generate, pipeline
-from craftmart_batch._database import Database, connection, quote_ident
-from craftmart_batch._sql import execute
+from craftmart_batch._database import Database
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -27,18 +24,8 @@ ORDERS = 3000
 @pytest.fixture(scope="module")
 def marketplace(pg_server: Database) -> Iterator[Database]:
     """A warehouse built by `pipeline.run` from a few thousand generated orders."""
-    name = f"cm_test_notebooks_{uuid.uuid4().hex[:10]}"
-    with connection(pg_server, autocommit=True) as conn:
-        execute(conn, f"create database {quote_ident(name)}")
-    db = pg_server.with_dbname(name)
-    try:
-        with connection(db) as conn:
-            generate.generate(conn, ORDERS, seed=5)
-        pipeline.run(settings_for(db), db)
+    with generated_warehouse(pg_server, "notebooks", ORDERS, seed=5) as db:
         yield db
-    finally:
-        with connection(pg_server, autocommit=True) as conn:
-            execute(conn, f"drop database if exists {quote_ident(name)} with (force)")
 
 
 def run_notebook(path: Path, db: Database) -> Any:

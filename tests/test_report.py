@@ -10,16 +10,13 @@ import shutil
 import struct
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import settings_for
+from helpers import generated_warehouse
 
-from craftmart_batch import generate, pipeline
-from craftmart_batch._database import Database, connection, quote_ident
-from craftmart_batch._sql import execute
+from craftmart_batch._database import Database
 from craftmart_batch.notebook import markdown_to_html, render_html
 
 nbformat = pytest.importorskip("nbformat")
@@ -47,18 +44,8 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def marketplace(pg_server: Database) -> Iterator[Database]:
     """A warehouse built from two thousand generated orders."""
-    name = f"cm_test_report_{uuid.uuid4().hex[:10]}"
-    with connection(pg_server, autocommit=True) as conn:
-        execute(conn, f"create database {quote_ident(name)}")
-    db = pg_server.with_dbname(name)
-    try:
-        with connection(db) as conn:
-            generate.generate(conn, 2000, seed=11)
-        pipeline.run(settings_for(db), db)
+    with generated_warehouse(pg_server, "report", 2000, seed=11) as db:
         yield db
-    finally:
-        with connection(pg_server, autocommit=True) as conn:
-            execute(conn, f"drop database if exists {quote_ident(name)} with (force)")
 
 
 @pytest.fixture(scope="module")
