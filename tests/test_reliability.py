@@ -558,8 +558,8 @@ def test_changes_committed_while_the_sources_are_pulled_land_whole_in_this_run_o
         with connection(db, autocommit=True) as watcher:
             wait_until(lambda: fetch_value(
                 watcher,
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
-                " and query like '%craft_market_wide%'") >= 1,
+                "select count(*) from pg_locks where not granted"
+                " and relation = 'source1.craft_market_wide'::regclass") >= 1,
                 "the pull of source1 waits on the lock")
         late2 = add_order(db, "source2", customer_email="cid@buyer.example")
         late1 = _insert_source1_order(holder, "dee@buyer.example")

@@ -367,3 +367,10 @@ def quote_ident(name: str) -> str:
     if "\x00" in name:
         raise CraftmartError(f"identifier contains a NUL byte: {name!r}")
     return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """Quote an SQL string literal (standard_conforming_strings: quotes doubled)."""
+    if "\x00" in value:
+        raise CraftmartError(f"text contains a NUL byte: {value!r}")
+    return "'" + value.replace("'", "''") + "'"

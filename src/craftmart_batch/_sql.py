@@ -75,8 +75,14 @@ def fetch_value(conn: Any, sql: str, parameters: Sequence[Any] | None = None) ->
     return None if row is None else row[0]
 
 
-def stage(conn: Any, name: str, frame: pl.DataFrame) -> str:
-    """Bulk-load a frame into a new temporary table (binary COPY); return its quoted name."""
+def stage(
+    conn: Any, name: str, frame: pl.DataFrame, *, analyze: Sequence[str] | None = None
+) -> str:
+    """Bulk-load a frame into a new temporary table (binary COPY); return its quoted name.
+
+    The table is analysed, on the ``analyze`` columns only when given (the ones it is
+    joined on: statistics of wide tables cost more than they help).
+    """
     cur = conn.cursor()
     try:
         execute(conn, f"drop table if exists pg_temp.{quote_ident(name)}")
@@ -86,7 +92,8 @@ def stage(conn: Any, name: str, frame: pl.DataFrame) -> str:
     qualified = f"pg_temp.{quote_ident(name)}"
     # Temporary tables have no statistics until analysed; the planner needs them to
     # pick index lookups for a small stage and hash joins for a large one.
-    execute(conn, f"analyze {qualified}")
+    columns = f" ({', '.join(quote_ident(c) for c in analyze)})" if analyze else ""
+    execute(conn, f"analyze {qualified}{columns}")
     return qualified
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from ._database import quote_ident
+from ._database import quote_ident, quote_literal
 from ._sql import execute, fetch_frame, stage
 from .transform.diff import TableDiff, diff_table
 from .transform.identity import (
@@ -24,6 +24,7 @@ from .transform.identity import (
     PRODUCT_KEY,
     Warehouse,
 )
+from .transform.validate import normalised_email
 
 logger = logging.getLogger(__name__)
 
@@ -35,30 +36,34 @@ BULK_LOAD_ROWS = 100_000
 RUN_TS = "current_setting('craftmart.run_ts')::timestamptz"
 
 
+#: The DWH columns the diff compares, per table.
+_COLUMNS = {
+    "d_craftsman": "craftsman_id, craftsman_email, craftsman_name, craftsman_address,"
+                   " craftsman_birthday",
+    "d_customer": "customer_id, customer_email, customer_name, customer_address,"
+                  " customer_birthday",
+    "d_product": "product_id, craftsman_id, product_name, product_description, product_type,"
+                 " product_price",
+    "f_order": "order_id, source_name, source_order_id, product_id, craftsman_id, customer_id,"
+               " order_created_date, order_completion_date, order_status, product_price",
+}
+
+
 def read_current(conn: Any) -> Warehouse:
     """The DWH as it is now, by natural key, with surrogate ids (read in the run's
     transaction, so it is exactly what the diff will be applied to)."""
-    craftsmen = fetch_frame(
-        conn,
-        "select craftsman_id, craftsman_email, craftsman_name, craftsman_address,"
-        " craftsman_birthday from dwh.d_craftsman",
+    craftsmen, customers, products, orders = (
+        fetch_frame(conn, f"select {_COLUMNS[table]} from dwh.{table}")
+        for table in ("d_craftsman", "d_customer", "d_product", "f_order")
     )
-    customers = fetch_frame(
-        conn,
-        "select customer_id, customer_email, customer_name, customer_address,"
-        " customer_birthday from dwh.d_customer",
-    )
-    products = fetch_frame(
-        conn,
-        "select product_id, craftsman_id, product_name, product_description, product_type,"
-        " product_price from dwh.d_product",
-    )
-    orders = fetch_frame(
-        conn,
-        "select order_id, source_name, source_order_id, product_id, craftsman_id, customer_id,"
-        " order_created_date, order_completion_date, order_status, product_price"
-        " from dwh.f_order",
-    )
+    return _by_natural_key(craftsmen, customers, products, orders)
+
+
+def _by_natural_key(
+    craftsmen: pl.DataFrame, customers: pl.DataFrame, products: pl.DataFrame,
+    orders: pl.DataFrame,
+) -> Warehouse:
+    """DWH rows with the natural keys of what their ids point to, as the diff compares."""
     craftsman_emails = craftsmen.select("craftsman_id", "craftsman_email")
     products = products.join(craftsman_emails, on="craftsman_id", how="left")
     orders = (
@@ -74,6 +79,142 @@ def read_current(conn: Any) -> Warehouse:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """The part of the DWH a set of changed orders can reach, read in the run's transaction.
+
+    ``current`` holds the changed orders as the DWH has them, and the entities they
+    touch: the craftsmen, customers and products they named before (per ``f_order``) and
+    name now. An entity's attributes come from its most recent valid row (SPEC §2); its
+    rows are its changed rows and its unchanged ones, and of the unchanged ones only the
+    most recent can win. ``latest_unchanged`` holds that row's key for every touched
+    entity: with the changed rows, the rows that resolve every touched entity.
+    """
+
+    current: Warehouse
+    craftsmen: pl.DataFrame  # craftsman_email of every touched craftsman
+    customers: pl.DataFrame  # customer_email of every touched customer
+    products: pl.DataFrame  # PRODUCT_KEY of every touched product
+    latest_unchanged: pl.DataFrame  # source_name, source_order_id
+
+    def restrict(self, target: Warehouse, changed: pl.DataFrame) -> Warehouse:
+        """``target``, built from the scope's rows, cut down to the touched entities and
+        the ``changed`` orders: what the diff compares with ``current``."""
+        return Warehouse(
+            craftsmen=target.craftsmen.join(self.craftsmen, on=list(CRAFTSMAN_KEY), how="semi"),
+            customers=target.customers.join(self.customers, on=list(CUSTOMER_KEY), how="semi"),
+            products=target.products.join(self.products, on=list(PRODUCT_KEY), how="semi",
+                                          nulls_equal=True),
+            orders=target.orders.join(changed, on=list(ORDER_KEY), how="semi"),
+        )
+
+
+def read_scope(
+    conn: Any, changed: pl.DataFrame, changed_rows: pl.DataFrame, ranks: dict[str, int]
+) -> Scope:
+    """What the ``changed`` orders (keys; their valid source rows are ``changed_rows``)
+    reach in the DWH: see ``Scope``. ``ranks`` is every source's rank (``RECENCY``)."""
+    keys = stage(conn, "scope_changed_orders", changed.select(ORDER_KEY))
+    execute(conn, f"create index on {keys} (source_name, source_order_id)")
+    named = changed_rows.select(
+        normalised_email("craftsman_email").alias("craftsman_email"),
+        normalised_email("customer_email").alias("customer_email"),
+        "product_name",
+        "product_description",
+    ).unique()
+    for person in ("craftsman", "customer"):
+        email = f"{person}_email"
+        staged = stage(conn, f"scope_named_{person}s", named.select(email).unique())
+        _create_scope_table(conn, f"d_{person}", f"""
+            select {_COLUMNS[f"d_{person}"]} from dwh.d_{person}
+            where {person}_id in (
+                select f.{person}_id from dwh.f_order as f
+                inner join {keys} as k
+                    on k.source_name = f.source_name and k.source_order_id = f.source_order_id
+            )
+            union
+            select {_COLUMNS[f"d_{person}"]} from dwh.d_{person}
+            where md5({email}) in (select md5({email}) from {staged})
+        """)
+    staged = stage(conn, "scope_named_products",
+                   named.select("craftsman_email", "product_name", "product_description"))
+    _create_scope_table(conn, "d_product", f"""
+        select {_COLUMNS["d_product"]} from dwh.d_product
+        where product_id in (
+            select f.product_id from dwh.f_order as f
+            inner join {keys} as k
+                on k.source_name = f.source_name and k.source_order_id = f.source_order_id
+        )
+        union
+        select {", ".join("p." + c for c in _COLUMNS["d_product"].split(", "))}
+        from dwh.d_product as p
+        inner join pg_temp.scope_d_craftsman as c on c.craftsman_id = p.craftsman_id
+        inner join {staged} as n
+            on n.craftsman_email = c.craftsman_email
+            and n.product_name is not distinct from p.product_name
+            and n.product_description is not distinct from p.product_description
+    """)
+    craftsmen, customers, products = (
+        fetch_frame(conn, f"select * from pg_temp.scope_{table}")
+        for table in ("d_craftsman", "d_customer", "d_product")
+    )
+    orders = fetch_frame(
+        conn,
+        f"select {_COLUMNS['f_order']} from dwh.f_order"
+        f" where (source_name, source_order_id) in (select * from {keys})",
+    )
+    current = _by_natural_key(craftsmen, customers, products, orders)
+    return Scope(
+        current=current,
+        craftsmen=pl.concat([current.craftsmen.select(CRAFTSMAN_KEY),
+                             named.select(CRAFTSMAN_KEY)]).unique(),
+        customers=pl.concat([current.customers.select(CUSTOMER_KEY),
+                             named.select(CUSTOMER_KEY)]).unique(),
+        products=pl.concat([current.products.select(PRODUCT_KEY),
+                            named.select(PRODUCT_KEY)]).unique(),
+        latest_unchanged=_latest_unchanged(conn, keys, ranks),
+    )
+
+
+def _create_scope_table(conn: Any, table: str, query: str) -> None:
+    execute(conn, f"drop table if exists pg_temp.scope_{table}")
+    execute(conn, f"create temporary table scope_{table} as {query}")
+    execute(conn, f"analyze pg_temp.scope_{table}")
+
+
+def _latest_unchanged(conn: Any, keys: str, ranks: dict[str, int]) -> pl.DataFrame:
+    """For every touched entity (the ``pg_temp.scope_d_*`` tables), the key of its most
+    recent order (by ``RECENCY``) among those not in ``keys``: a walk down the entity's
+    ``(id, order_created_date)`` index that stops at the first unchanged order."""
+    rank_rows = ", ".join(f"({quote_literal(name)}, {int(rank)})" for name, rank in ranks.items())
+    latest = [
+        f"""
+        select latest.source_name, latest.source_order_id
+        from pg_temp.scope_{table} as s
+        cross join lateral (
+            select f.source_name, f.source_order_id
+            from dwh.f_order as f
+            inner join ranks as r on r.source_name = f.source_name
+            where f.{entity_id} = s.{entity_id}
+                and not exists (
+                    select from {keys} as k
+                    where k.source_name = f.source_name
+                        and k.source_order_id = f.source_order_id
+                )
+            order by f.order_created_date desc, r.source_rank desc, f.source_order_id desc
+            limit 1
+        ) as latest
+        """
+        for table, entity_id in (("d_craftsman", "craftsman_id"), ("d_customer", "customer_id"),
+                                 ("d_product", "product_id"))
+    ]
+    return fetch_frame(
+        conn,
+        f"with ranks (source_name, source_rank) as (values {rank_rows})\n"
+        + "\nunion\n".join(latest),
+    ).cast({"source_name": pl.String, "source_order_id": pl.Int64})
+
+
+@dataclass(frozen=True)
 class WarehouseDiff:
     craftsmen: TableDiff
     customers: TableDiff
@@ -83,13 +224,19 @@ class WarehouseDiff:
     def counts(self) -> dict[str, dict[str, int]]:
         return {
             table: {"inserted": d.inserted, "updated": d.updated, "deleted": d.deleted.height}
-            for table, d in (
-                ("d_craftsman", self.craftsmen),
-                ("d_customer", self.customers),
-                ("d_product", self.products),
-                ("f_order", self.orders),
+            for table, d in zip(
+                DWH_TABLES, (self.craftsmen, self.customers, self.products, self.orders),
+                strict=True,
             )
         }
+
+
+DWH_TABLES = ("d_craftsman", "d_customer", "d_product", "f_order")
+
+
+def no_changes() -> dict[str, dict[str, int]]:
+    """``WarehouseDiff.counts`` of a run that changed nothing."""
+    return {table: {"inserted": 0, "updated": 0, "deleted": 0} for table in DWH_TABLES}
 
 
 def diff_warehouse(current: Warehouse, target: Warehouse) -> WarehouseDiff:
@@ -120,8 +267,14 @@ class SurrogateIds:
         )
 
 
-def write_warehouse(conn: Any, current: Warehouse, diff: WarehouseDiff) -> SurrogateIds:
+def write_warehouse(
+    conn: Any, current: Warehouse, diff: WarehouseDiff, *, first_load: bool = False
+) -> SurrogateIds:
     """Apply the diff: dimensions first, then facts, then entities left without orders.
+
+    ``current`` may be the whole DWH or a ``Scope``'s part of it: every entity of a
+    changed order must be in it. ``first_load`` (an empty DWH) lets a large insert build
+    ``f_order``'s secondary indexes afterwards.
 
     Surrogate ids are resolved in Polars (current ids, plus the ids the upserts return),
     so the fact write is a plain keyed upsert. Orders that are deleted, or that move to
@@ -196,7 +349,7 @@ def write_warehouse(conn: Any, current: Warehouse, diff: WarehouseDiff) -> Surro
             select {", ".join(order_columns)}, {RUN_TS}
             from {staged}
         """
-        if current.orders.is_empty() and diff.orders.inserted >= BULK_LOAD_ROWS:
+        if first_load and diff.orders.inserted >= BULK_LOAD_ROWS:
             with _secondary_indexes_dropped(conn, "dwh", "f_order"):
                 execute(conn, insert)
         else:
@@ -353,29 +506,59 @@ def _delete_by_id(conn: Any, table: str, id_column: str, deleted: pl.DataFrame) 
     )
 
 
-def write_quarantine(conn: Any, quarantine: pl.DataFrame) -> dict[str, int]:
+def write_quarantine(
+    conn: Any, quarantine: pl.DataFrame, scope: pl.DataFrame | None = None
+) -> dict[str, int]:
     """Make ``craftmart.quarantine`` hold exactly the current invalid rows.
 
     Rows still invalid in the same way are left alone (their ``first_seen`` stays);
     rows fixed or gone leave; new ones arrive. Returns how many left and arrived.
+    With ``scope`` (``source_name, source_order_id``; a null key standing for a source's
+    rows without a key) only rows of those orders are considered: ``quarantine`` holds
+    the invalid rows among them, and every other quarantine row stays as it is.
     """
     staged = stage(
         conn,
         "stage_quarantine",
         quarantine.with_columns(pl.col("reasons").list.join(",")),
     )
+    # raw holds the source key too: equal raw rows are rows of the same order
     same_row = """
         staged.source_name = q.source_name
-        and staged.source_order_id is not distinct from q.source_order_id
-        and string_to_array(staged.reasons, ',') = q.reasons
         and staged.raw::jsonb = q.raw
+        and string_to_array(staged.reasons, ',') = q.reasons
     """
+    in_scope = ""
+    if scope is not None:
+        staged_scope = stage(conn, "stage_quarantine_scope", scope.select(ORDER_KEY))
+        execute(conn, "drop table if exists pg_temp.quarantine_in_scope")
+        execute(
+            conn,
+            f"""
+            create temporary table quarantine_in_scope as
+            select q.quarantine_id
+            from craftmart.quarantine as q
+            inner join {staged_scope} as s
+                on s.source_name = q.source_name and s.source_order_id = q.source_order_id
+            union all
+            select q.quarantine_id
+            from craftmart.quarantine as q
+            inner join (
+                select distinct source_name from {staged_scope} where source_order_id is null
+            ) as s on s.source_name = q.source_name
+            where q.source_order_id is null
+            """,
+        )
+        in_scope = """
+            using pg_temp.quarantine_in_scope as in_scope
+            where in_scope.quarantine_id = q.quarantine_id and"""
     left = fetch_frame(
         conn,
         f"""
         with left_quarantine as (
             delete from craftmart.quarantine as q
-            where not exists (select from {staged} as staged where {same_row})
+            {in_scope or "where"}
+                not exists (select from {staged} as staged where {same_row})
             returning 1
         )
         select count(*) as n from left_quarantine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,9 +13,10 @@ from typing import Any
 
 import polars as pl
 
+from . import delta as delta_module
 from . import extract, load, refresh, schema
 from ._database import Database, connect, first_line, redact
-from ._sql import database_error, execute, fetch_value
+from ._sql import database_error, execute, fetch_frame, fetch_value
 from .config import Settings
 from .errors import CraftmartError, LockHeldError
 from .transform.identity import build_warehouse
@@ -41,6 +43,11 @@ class RunReport:
     marts: dict[str, dict[str, Any]] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
     migrations: list[str] = field(default_factory=list)
+    #: "everything", or "changes": only changed rows and their people's other rows
+    pull: str = ""
+    pulled: dict[str, int] = field(default_factory=dict)
+    #: the process's peak memory (MiB) when each stage ended: which stage set the peak
+    peak_rss_mb: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +59,9 @@ class RunReport:
             "marts": self.marts,
             "stages": {k: round(v, 3) for k, v in self.stages.items()},
             "migrations": self.migrations,
+            "pull": self.pull,
+            "pulled": self.pulled,
+            "peak_rss_mb": self.peak_rss_mb,
         }
 
 
@@ -62,6 +72,12 @@ def _stage(report: RunReport, name: str, progress: Progress | None) -> Iterator[
     started = time.perf_counter()
     yield
     report.stages[name] = report.stages.get(name, 0.0) + time.perf_counter() - started
+    report.peak_rss_mb[name] = max(report.peak_rss_mb.get(name, 0), _peak_rss_mb())
+
+
+def _peak_rss_mb() -> int:
+    """This process's peak resident memory so far, in MiB (Linux: ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def acquire_lock(conn: Any, *, wait: bool) -> None:
@@ -125,27 +141,10 @@ def run(
             report.migrations = schema.migrate(conn)
             report.run_ts = _set_run_timestamp(conn)
         with _stage(report, "pull", progress):
-            canonical = extract.pull_sources(db, settings.sources)
-        with _stage(report, "validate", progress):
-            valid, quarantine = validate(canonical)
-            report.sources = _source_counts(settings, canonical, valid, quarantine)
-            del canonical  # the largest frame: free it before the DWH is read in
-        with _stage(report, "dedup", progress):
-            target = build_warehouse(valid)
-            del valid
-        with _stage(report, "diff", progress):
-            current = load.read_current(conn)
-            diff = load.diff_warehouse(current, target)
-        with _stage(report, "write", progress):
-            ids = load.write_warehouse(conn, current, diff)
-            report.quarantine = load.write_quarantine(conn, quarantine)
-            del current, quarantine
-        report.dwh = diff.counts()
-        # The DWH as now written, in memory: what the marts aggregate on an
-        # incremental refresh (--full re-reads it from the database instead).
-        mart_input = orders_with_attributes(
-            ids.resolve(target.orders), target.craftsmen, target.customers, target.products
-        )
+            delta = None if full else delta_module.detect(conn, db, settings.sources)
+        mart_input = None
+        if delta is None or not _load_changes(conn, db, settings, delta, report, progress):
+            mart_input = _load_everything(conn, db, settings, report, progress)
         for mart in refresh.MARTS:
             with _stage(report, mart.name, progress):
                 outcome = refresh.refresh(conn, mart, full=full, dwh_orders=mart_input)
@@ -172,14 +171,126 @@ def run(
     return report
 
 
+#: Past this share of all source rows changed, pulling the changed rows by key and
+#: resolving them against the DWH is no cheaper than pulling everything: the run does.
+FULL_PULL_SHARE = 0.4
+
+
+def _load_everything(
+    conn: Any, db: Database, settings: Settings, report: RunReport, progress: Progress | None
+) -> pl.DataFrame:
+    """Pull every source row and make the DWH and quarantine match them.
+
+    Returns every DWH order with its attributes, as written: what the marts aggregate.
+    """
+    report.pull = "everything"
+    with _stage(report, "pull", progress):
+        canonical = extract.pull_sources(db, settings.sources)
+    with _stage(report, "validate", progress):
+        hashes = canonical.select("source_name", "source_order_id", "row_hash")
+        report.pulled = _per_source(canonical)
+        valid, quarantine = validate(canonical.drop("row_hash"))
+        report.sources = _source_counts(settings, canonical, valid, quarantine)
+        del canonical  # the largest frame: free it before the DWH is read in
+    with _stage(report, "dedup", progress):
+        target = build_warehouse(valid)
+        del valid
+    with _stage(report, "diff", progress):
+        current = load.read_current(conn)
+        diff = load.diff_warehouse(current, target)
+    with _stage(report, "write", progress):
+        ids = load.write_warehouse(conn, current, diff, first_load=current.orders.is_empty())
+        report.quarantine = load.write_quarantine(conn, quarantine)
+        delta_module.store_all(conn, settings.sources, hashes)
+        del current, quarantine, hashes
+    report.dwh = diff.counts()
+    # The DWH as now written, in memory: what the marts aggregate on an
+    # incremental refresh (--full re-reads it from the database instead).
+    return orders_with_attributes(
+        ids.resolve(target.orders), target.craftsmen, target.customers, target.products
+    )
+
+
+def _load_changes(
+    conn: Any,
+    db: Database,
+    settings: Settings,
+    delta: delta_module.SourceDelta,
+    report: RunReport,
+    progress: Progress | None,
+) -> bool:
+    """Pull only the changed rows, and the latest unchanged row of every entity they
+    touch, and apply what they change to the DWH and quarantine. False, having done
+    nothing, when so many rows changed that pulling everything is cheaper."""
+    report.pull = "changes"
+    if delta.is_empty:
+        report.pulled = {}
+        report.dwh = load.no_changes()
+        report.quarantine = {"left": 0, "arrived": 0}
+        report.sources = _stored_counts(conn, settings, delta)
+        return True
+    if delta.changed.height > FULL_PULL_SHARE * sum(delta.rows.values()):
+        return False
+    with _stage(report, "pull", progress):
+        changed_keys = delta.pull_keys()
+        changed = extract.pull_sources(db, settings.sources, changed_keys)
+    with _stage(report, "validate", progress):
+        valid, quarantine = validate(changed.drop("row_hash"))
+    with _stage(report, "diff", progress):
+        scope = load.read_scope(conn, delta.changed, valid,
+                                {s.name: s.rank for s in settings.sources})
+    with _stage(report, "pull", progress):
+        others = extract.pull_sources(db, settings.sources, scope.latest_unchanged)
+        report.pulled = _per_source(pl.concat([changed, others]))
+    with _stage(report, "validate", progress):
+        # Unchanged rows are valid; one that changed since the keys were compared is
+        # left, whatever it now holds, to the next run, which sees its new hash.
+        valid = pl.concat([valid, validate(others.drop("row_hash"))[0]])
+    with _stage(report, "dedup", progress):
+        target = scope.restrict(build_warehouse(valid), delta.changed)
+    with _stage(report, "diff", progress):
+        diff = load.diff_warehouse(scope.current, target)
+    with _stage(report, "write", progress):
+        load.write_warehouse(conn, scope.current, diff)
+        report.quarantine = load.write_quarantine(conn, quarantine, scope=changed_keys)
+        delta_module.store_changes(conn, delta.changed, changed)
+    report.dwh = diff.counts()
+    report.sources = _stored_counts(conn, settings, delta)
+    return True
+
+
+def _per_source(frame: pl.DataFrame) -> dict[str, int]:
+    counted = frame.group_by("source_name").len()
+    return dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True))
+
+
+def _stored_counts(
+    conn: Any, settings: Settings, delta: delta_module.SourceDelta
+) -> dict[str, dict[str, int]]:
+    """Rows read, loaded and quarantined per source, as the DWH now holds them."""
+    stored = fetch_frame(
+        conn,
+        """
+        select source_name, 'loaded' as what, count(*) as n from dwh.f_order group by 1
+        union all
+        select source_name, 'quarantined', count(*) from craftmart.quarantine group by 1
+        """,
+    )
+    counts = {(r["source_name"], r["what"]): int(r["n"]) for r in stored.iter_rows(named=True)}
+    return {
+        s.name: {
+            "read": delta.rows.get(s.name, 0),
+            "loaded": counts.get((s.name, "loaded"), 0),
+            "quarantined": counts.get((s.name, "quarantined"), 0),
+        }
+        for s in settings.sources
+    }
+
+
 def _source_counts(
     settings: Settings, canonical: pl.DataFrame, valid: pl.DataFrame, quarantine: pl.DataFrame
 ) -> dict[str, dict[str, int]]:
-    def per_source(frame: pl.DataFrame) -> dict[str, int]:
-        counted = frame.group_by("source_name").len()
-        return dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True))
-
-    read, loaded, quarantined = per_source(canonical), per_source(valid), per_source(quarantine)
+    read, loaded, quarantined = _per_source(canonical), _per_source(valid), _per_source(quarantine)
     return {
         s.name: {
             "read": read.get(s.name, 0),

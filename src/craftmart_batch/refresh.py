@@ -97,6 +97,36 @@ _ORDERS_WITH_ATTRIBUTES = """
 """
 
 
+def _orders_of(conn: Any, mart: Mart, entities: str) -> pl.DataFrame:
+    """The orders of the ``entities`` (a table of ``entity_id``) with what ``mart`` reads
+    of them: each order's values and product type (for craftsmen, also its customer's
+    birthday), and the entity's own attributes read once per entity rather than carried
+    on every order. Attributes the mart does not read are null."""
+    person = mart.entity_id.removesuffix("_id")
+    per_order = ["f.customer_id", "f.craftsman_id", "f.order_created_date",
+                 "f.order_completion_date", "f.order_status", "f.product_price",
+                 "p.product_type"]
+    joins = ["inner join dwh.d_product as p on p.product_id = f.product_id"]
+    if person == "craftsman":
+        per_order.append("cu.customer_birthday")
+        joins.append("inner join dwh.d_customer as cu on cu.customer_id = f.customer_id")
+    orders = fetch_frame(
+        conn,
+        f"select {', '.join(per_order)} from dwh.f_order as f {' '.join(joins)}"
+        f" where f.{mart.entity_id} in (select entity_id from {entities})",
+    )
+    own = [f"{person}_{a}" for a in ("id", "name", "address", "birthday", "email")]
+    attributes = fetch_frame(
+        conn,
+        f"select {', '.join(own)} from dwh.d_{person}"
+        f" where {person}_id in (select entity_id from {entities})",
+    )
+    unread = [c for c in marts.ORDERS_SCHEMA if c not in orders.columns and c not in own]
+    return orders.join(attributes, on=mart.entity_id, how="inner").with_columns(
+        pl.lit(None, marts.ORDERS_SCHEMA[name]).alias(name) for name in unread
+    )
+
+
 def watermark(conn: Any, mart: Mart) -> Any:
     """The stored watermark of a mart (None before its first refresh)."""
     return fetch_value(conn, f"select max(load_dttm)::text from {mart.load_dates}")
@@ -122,22 +152,20 @@ def refresh(
     """Bring one mart up to the DWH inside the caller's transaction.
 
     ``dwh_orders`` is every DWH order with its current attributes, as this run wrote
-    them (see ``marts.orders_with_attributes``); without it they are read from the
-    database. Incremental: only entities touched
-    after the stored watermark are re-aggregated, and only their rows that differ are
-    written. First refresh: every entity of ``dwh_orders``. ``--full``: every entity,
-    re-read from the database, by the very same function. Then the watermark advances
-    to the run's timestamp.
+    them (see ``marts.orders_with_attributes``); without it the orders needed are read
+    from the database. Incremental: only entities touched after the stored watermark
+    are re-aggregated, and only their rows that differ are written. First refresh: every
+    entity. ``--full``: every entity, re-read from the database, by the very same
+    function. Then the watermark advances to the run's timestamp.
     """
     since = None if full else watermark(conn, mart)
     entity = mart.entity_id
-    if dwh_orders is None and not full:
-        dwh_orders = fetch_frame(conn, _ORDERS_WITH_ATTRIBUTES)
-    if full or dwh_orders is None:
+    if full or (since is None and dwh_orders is None):
         scope_sql = ""
         orders = fetch_frame(conn, _ORDERS_WITH_ATTRIBUTES)
         entity_count = orders[entity].n_unique()
     elif since is None:
+        assert dwh_orders is not None
         scope_sql = ""
         orders = dwh_orders
         entity_count = orders[entity].n_unique()
@@ -151,7 +179,10 @@ def refresh(
             return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
         staged_touched = stage(conn, f"touched_{mart.name}", touched)
         scope_sql = f"where m.{entity} in (select entity_id from {staged_touched})"
-        orders = dwh_orders.filter(pl.col(entity).is_in(touched["entity_id"].implode()))
+        if dwh_orders is None:
+            orders = _orders_of(conn, mart, staged_touched)
+        else:
+            orders = dwh_orders.filter(pl.col(entity).is_in(touched["entity_id"].implode()))
     rows = mart.compute(orders)
     inserted, updated, deleted = _write_rows(conn, mart, rows, scope_sql)
     _advance(conn, mart)
@@ -172,7 +203,7 @@ def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tu
         finally:
             cur.close()
         return rows.height, 0, 0
-    staged = stage(conn, f"stage_{mart.name}", rows.select(columns))
+    staged = stage(conn, f"stage_{mart.name}", rows.select(columns), analyze=key)
     non_key = [c for c in columns if c not in key]
     counts = fetch_frame(
         conn,

@@ -377,7 +377,8 @@ def history(db: Database, *, limit: int, as_json: bool) -> str:
         ]
     )
     seen = {name for r in runs for name in r["stages"]}
-    stage_names = [n for n in STAGES if n in seen] + sorted(seen.difference(STAGES))
+    # every stage, so the columns stay put: a run that skipped a stage shows it empty
+    stage_names = [*STAGES, *sorted(seen.difference(STAGES))]
     stages = pl.DataFrame(
         [{"run": r["run_id"], **{_short(n): r["stages"].get(n) for n in stage_names}}
          for r in runs],

@@ -58,6 +58,10 @@ def diff_table(
     yields an empty diff and nothing is written.
     """
     key, attrs = list(key), list(attrs)
+    if current.is_empty():  # a first load: everything is new (and not copied)
+        inserts = target.select(*key, *attrs)
+        return TableDiff(inserts=inserts, updates=inserts.clear(),
+                         deleted=current)
     current_side = current.select(
         *key,
         *(pl.col(a).alias(a + _CURRENT) for a in attrs),

@@ -46,15 +46,16 @@ class Warehouse:
 
 
 def latest_per_key(
-    rows_by_recency: pl.DataFrame, key: tuple[str, ...], attrs: tuple[str, ...]
+    rows: pl.DataFrame, by_recency: pl.Series, key: tuple[str, ...], attrs: tuple[str, ...]
 ) -> pl.DataFrame:
     """One row per ``key`` whose ``attrs`` come from its most recent row.
 
-    ``rows_by_recency`` must be sorted by ``RECENCY``, so the last row of a key wins.
+    ``by_recency`` is the permutation that sorts ``rows`` by ``RECENCY``, so the last
+    row of a key wins. Only the key and attribute columns are gathered: a narrow copy.
     """
     return (
-        rows_by_recency.unique(subset=list(key), keep="last", maintain_order=False)
-        .select(*key, *attrs)
+        rows.select(*key, *attrs)[by_recency]
+        .unique(subset=list(key), keep="last", maintain_order=False)
         .sort(list(key), nulls_last=True)
     )
 
@@ -65,15 +66,17 @@ def build_warehouse(valid: pl.DataFrame) -> Warehouse:
     People are one row per normalised email, however many sources and spellings;
     products one row per craftsman, name and description; orders one row per
     (source, order key). Emails are stored normalised. Dimension frames come sorted
-    by key; the order frame in no particular order.
+    by key; the order frame in no particular order (it shares the input's memory).
     """
-    rows_by_recency = valid.with_columns(
+    rows = valid.with_columns(
         normalised_email("craftsman_email").alias("craftsman_email"),
         normalised_email("customer_email").alias("customer_email"),
-    ).sort(list(RECENCY))
+    )
+    # One sort order for all three dimensions, applied to each one's columns only.
+    by_recency = rows.select(pl.arg_sort_by(list(RECENCY)))[:, 0]
     return Warehouse(
-        craftsmen=latest_per_key(rows_by_recency, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
-        customers=latest_per_key(rows_by_recency, CUSTOMER_KEY, CUSTOMER_ATTRS),
-        products=latest_per_key(rows_by_recency, PRODUCT_KEY, PRODUCT_ATTRS),
-        orders=rows_by_recency.select(*ORDER_KEY, *ORDER_ATTRS),
+        craftsmen=latest_per_key(rows, by_recency, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
+        customers=latest_per_key(rows, by_recency, CUSTOMER_KEY, CUSTOMER_ATTRS),
+        products=latest_per_key(rows, by_recency, PRODUCT_KEY, PRODUCT_ATTRS),
+        orders=rows.select(*ORDER_KEY, *ORDER_ATTRS),
     )

@@ -1,0 +1,148 @@
+"""Which source rows changed since the last run: row hashes pulled, compared, kept.
+
+Every source query also yields a hash of each canonical row (``extract.ROW_HASH``). A
+run pulls only the keys and hashes of every source, compares them with the hashes the
+last run kept in ``craftmart.source_rows``, and pulls in full only the rows that are
+new, changed or gone (and, later, the other rows of the people they touch). Rows
+without a key, and keys that appear more than once in a source, have no stable hash of
+their own: they are pulled on every run.
+
+A change of the package version or of a source's query (its mapping in config.toml)
+changes the fingerprint, and the next run pulls everything and starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from . import __version__, extract
+from ._database import Database
+from ._sql import execute, fetch_frame, fetch_value, stage
+from .config import Source
+
+logger = logging.getLogger(__name__)
+
+ORDER_KEY = ["source_name", "source_order_id"]
+
+
+_NO_HASHES = pl.DataFrame(schema=extract.HASH_SCHEMA)
+
+
+def fingerprint(sources: Sequence[Source]) -> str:
+    """What the stored hashes depend on besides the data: code version and source queries."""
+    text = "\n".join([__version__, *(extract.pull_query(s, fields=False) for s in sources)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceDelta:
+    """The source rows a run must pull and process, by key.
+
+    ``changed`` holds the keys (``source_name, source_order_id``) that are new, whose
+    hash changed, that are gone, or that repeat in their source; ``keyless`` the sources
+    that have rows without a key; ``hashes`` the hashes of the keys that are new or
+    changed and appear once; ``rows`` how many rows each source has.
+    """
+
+    changed: pl.DataFrame
+    keyless: tuple[str, ...]
+    hashes: pl.DataFrame
+    rows: dict[str, int]
+
+    @property
+    def is_empty(self) -> bool:
+        return self.changed.is_empty() and not self.keyless
+
+    def pull_keys(self) -> pl.DataFrame:
+        """The keys to pull in full: the changed ones, and every source with keyless rows."""
+        keyless = pl.DataFrame({"source_name": list(self.keyless)},
+                               schema={"source_name": pl.String})
+        return pl.concat([
+            self.changed,
+            keyless.with_columns(pl.lit(None, pl.Int64).alias("source_order_id")),
+        ])
+
+
+def compare(current: pl.DataFrame, stored: pl.DataFrame) -> SourceDelta:
+    """``current`` hashes (as pulled) against ``stored`` ones (as the last run kept them).
+
+    Both are ``source_name, source_order_id, row_hash``; ``stored`` has unique keys.
+    """
+    has_key = pl.col("source_order_id").is_not_null()
+    once = has_key & (pl.len().over(ORDER_KEY) == 1)
+    flagged = current.with_columns(once.alias("__once"))
+    regular = flagged.filter(pl.col("__once")).drop("__once")
+    repeated = flagged.filter(has_key & ~pl.col("__once")).select(ORDER_KEY).unique()
+    new_or_changed = regular.join(stored, on=[*ORDER_KEY, "row_hash"], how="anti")
+    gone_or_repeated = stored.join(regular, on=ORDER_KEY, how="anti").select(ORDER_KEY)
+    changed = pl.concat([new_or_changed.select(ORDER_KEY), gone_or_repeated, repeated]).unique()
+    counted = current.group_by("source_name").len()
+    return SourceDelta(
+        changed=changed.sort(ORDER_KEY),
+        keyless=tuple(sorted(set(current.filter(~has_key)["source_name"].to_list()))),
+        hashes=new_or_changed,
+        rows=dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True)),
+    )
+
+
+def detect(conn: Any, db: Database, sources: Sequence[Source]) -> SourceDelta | None:
+    """Pull keys and hashes and compare them with the stored ones; None when the stored
+    hashes cannot be trusted (none yet, or another fingerprint): pull everything."""
+    stored_print = fetch_value(conn, "select max(fingerprint) from craftmart.source_rows_state")
+    if stored_print != fingerprint(sources):
+        return None
+    current = extract.pull_hashes(db, sources)
+    stored = fetch_frame(
+        conn, "select source_name, source_order_id, row_hash from craftmart.source_rows"
+    ).cast(extract.HASH_SCHEMA)  # type: ignore[arg-type]
+    return compare(current, stored)
+
+
+def store_all(conn: Any, sources: Sequence[Source], current: pl.DataFrame) -> None:
+    """Keep the hashes of a full pull, replacing every stored one."""
+    delta = compare(current, _NO_HASHES)
+    execute(conn, "truncate craftmart.source_rows")
+    cur = conn.cursor()
+    try:
+        cur.adbc_ingest("source_rows", delta.hashes.to_arrow(), mode="append",
+                        db_schema_name="craftmart")
+    finally:
+        cur.close()
+    execute(conn, "truncate craftmart.source_rows_state")
+    execute(conn, "insert into craftmart.source_rows_state (fingerprint) values ($1)",
+            (fingerprint(sources),))
+
+
+def store_changes(conn: Any, changed: pl.DataFrame, pulled: pl.DataFrame) -> None:
+    """Replace the stored hashes of the ``changed`` keys with those of the rows ``pulled``
+    for them (rows as processed: a row that changed again since the keys were compared
+    keeps a hash that differs, and is processed again by the next run)."""
+    if changed.is_empty():
+        return
+    staged = stage(conn, "stage_source_rows_changed", changed.select(ORDER_KEY))
+    execute(
+        conn,
+        f"""
+        delete from craftmart.source_rows as r
+        using {staged} as staged
+        where r.source_name = staged.source_name
+            and r.source_order_id = staged.source_order_id
+        """,
+    )
+    pulled = pulled.select(*ORDER_KEY, "row_hash").join(changed, on=ORDER_KEY, how="semi")
+    hashes = compare(pulled, _NO_HASHES).hashes
+    if not hashes.is_empty():
+        staged = stage(conn, "stage_source_rows_hashes", hashes)
+        execute(
+            conn,
+            f"""
+            insert into craftmart.source_rows (source_name, source_order_id, row_hash)
+            select source_name, source_order_id, row_hash from {staged}
+            """,
+        )

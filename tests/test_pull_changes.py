@@ -1,0 +1,203 @@
+"""Pulls that follow the change: row hashes compared, only changed rows pulled in full.
+
+The comparison itself (``delta.compare``) is a pure function, checked by properties;
+the runs around it are checked on a real server against a full rebuild.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+from helpers import add_order, create_sources, query, run, sql, warehouse_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_dwh_load import add_source4_sale, create_source4
+from test_incremental import assert_incremental_is_full, set_field
+
+from craftmart_batch import delta, pipeline
+from craftmart_batch._database import Database
+
+D = dt.date
+HASHES = {"source_name": pl.String, "source_order_id": pl.Int64, "row_hash": pl.Int64}
+
+# ----------------------------------------------------------------- compare (pure)
+
+_rows = st.lists(
+    st.tuples(st.sampled_from(["s1", "s2"]), st.one_of(st.none(), st.integers(1, 6)),
+              st.integers(0, 2)),
+    max_size=14,
+)
+
+
+def _frame(rows: list[tuple[str, int | None, int]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=HASHES, orient="row")
+
+
+@settings(max_examples=300, deadline=None)
+@given(current=_rows, stored=_rows)
+def test_compare_flags_exactly_the_keys_whose_rows_may_differ(
+    current: list[tuple[str, int | None, int]], stored: list[tuple[str, int | None, int]]
+) -> None:
+    """A key is changed iff it is not one row with the stored hash; keyless rows mark
+    their source; only keys seen once get a hash to keep."""
+    # what a previous run can have stored: one hash per key
+    kept = {(s, k): h for s, k, h in stored if k is not None}
+    stored_frame = _frame([(s, k, h) for (s, k), h in kept.items()])
+
+    result = delta.compare(_frame(current), stored_frame)
+
+    seen = Counter((s, k) for s, k, _ in current if k is not None)
+    hash_of = {(s, k): h for s, k, h in current if k is not None}
+    expected = {key for key, n in seen.items() if n > 1 or kept.get(key) != hash_of[key]}
+    expected |= {key for key in kept if key not in seen}
+    assert set(result.changed.rows()) == expected
+    assert set(result.keyless) == {s for s, k, _ in current if k is None}
+    assert set(result.hashes.rows()) == {
+        (s, k, hash_of[(s, k)]) for (s, k), n in seen.items()
+        if n == 1 and kept.get((s, k)) != hash_of[(s, k)]
+    }
+    assert result.rows == dict(Counter(s for s, _, _ in current))
+    assert result.is_empty == (not expected and not result.keyless)
+
+
+def test_compare_of_unchanged_rows_is_empty() -> None:
+    hashes = _frame([("s1", 1, 10), ("s1", 2, 20), ("s2", 1, 30)])
+    result = delta.compare(hashes, hashes)
+    assert result.is_empty
+    assert result.rows == {"s1": 2, "s2": 1}
+
+
+# ----------------------------------------------------------------- runs
+
+
+def _orders(db: Database, n: int) -> list[int]:
+    """n source1 orders: customers c0..c(n-1), all of one craftsman."""
+    return [
+        add_order(db, "source1", customer_email=f"c{i}@buyer.example",
+                  order_created_date=D(2024, 1, 1 + i), product_price=100 + i)
+        for i in range(n)
+    ]
+
+
+def test_a_run_pulls_only_the_changed_row_and_the_latest_rows_it_needs(
+    db: Database, make_db: Callable[[], Database]
+) -> None:
+    create_sources(db)
+    keys = _orders(db, 12)
+    first = run(db)
+    assert first.pull == "everything"
+    assert first.pulled == {"source1": 12}
+
+    set_field(db, "source1", keys[3], "product_price", 555)
+    report = run(db)
+
+    # the changed row, then the latest unchanged row of its customer (none: c3 has one
+    # order), of its craftsman and of its product (the same row: order 11)
+    assert report.pull == "changes"
+    assert report.pulled == {"source1": 2}
+    assert report.dwh["f_order"] == {"inserted": 0, "updated": 1, "deleted": 0}
+    assert report.sources["source1"] == {"read": 12, "loaded": 12, "quarantined": 0}
+    assert query(db, "select product_price from dwh.f_order where source_order_id = $1",
+                 (keys[3],)).item() == 555
+    assert_incremental_is_full(db, make_db)
+
+
+def test_a_run_without_source_changes_pulls_no_row_in_full(db: Database) -> None:
+    create_sources(db)
+    _orders(db, 3)
+    run(db)
+    before = warehouse_state(db)
+
+    report = run(db)
+
+    assert (report.pull, report.pulled) == ("changes", {})
+    assert report.sources["source1"] == {"read": 3, "loaded": 3, "quarantined": 0}
+    assert _data(warehouse_state(db)) == _data(before)
+
+
+def _data(state: dict[str, str]) -> dict[str, str]:
+    """DWH, quarantine and mart rows: what a run may not change without a source change
+    (load dates advance with every run)."""
+    return {table: rows for table, rows in state.items() if ".load_dates_" not in table}
+
+
+def test_a_deleted_winning_row_hands_the_attributes_to_the_next_latest(
+    db: Database, make_db: Callable[[], Database]
+) -> None:
+    """The customer's newest order carries her current name; deleting it must bring back
+    the name on her next-newest order, which did not change."""
+    create_sources(db)
+    _orders(db, 4)  # other customers' orders: one deletion stays a small change
+    add_order(db, "source1", customer_name="Old Name", order_created_date=D(2024, 1, 1))
+    middle = add_order(db, "source2", customer_name="Middle Name",
+                       order_created_date=D(2024, 2, 1))
+    newest = add_order(db, "source3", customer_name="New Name",
+                       order_created_date=D(2024, 3, 1))
+    run(db)
+    name = "select customer_name from dwh.d_customer where customer_email = 'bob@buyer.example'"
+    assert query(db, name).item() == "New Name"
+
+    sql(db, "delete from source3.craft_market_orders where order_id = $1", (newest,))
+    report = run(db)
+
+    assert report.pull == "changes"
+    assert query(db, name).item() == "Middle Name"
+    assert middle in query(db, "select source_order_id from dwh.f_order")["source_order_id"]
+    assert_incremental_is_full(db, make_db)
+
+
+def test_a_changed_mapping_pulls_everything_again(db: Database, tmp_path: Path) -> None:
+    create_sources(db)
+    _orders(db, 2)
+    config = create_source4(db, tmp_path)
+    run(db)
+    assert run(db, config=config).pull == "everything"  # a source was registered
+    assert run(db, config=config).pull == "changes"
+
+
+def test_many_changes_pull_everything(db: Database) -> None:
+    create_sources(db)
+    keys = _orders(db, 4)
+    run(db)
+    for key in keys[:2]:
+        set_field(db, "source1", key, "product_price", 999)
+
+    report = run(db)
+
+    assert report.pull == "everything"  # half the rows changed: past FULL_PULL_SHARE
+    assert pipeline.FULL_PULL_SHARE < 0.5
+    assert query(db, "select count(*) from dwh.f_order where product_price = 999").item() == 2
+
+
+def test_rows_without_a_key_or_with_a_repeated_key_are_pulled_every_run(
+    db: Database, tmp_path: Path
+) -> None:
+    """They have no hash of their own; each run reads them again, and they stay in
+    quarantine once, however many runs see them."""
+    create_sources(db)
+    config = create_source4(db, tmp_path)
+    sql(db, "alter table source4.shop_orders drop constraint shop_orders_pkey")
+    sql(db, "alter table source4.shop_orders alter column sale_no drop not null")
+    add_source4_sale(db, 1, 1, "dee@shop.example", "Dee", D(2024, 4, 1), "done", 80)
+    add_source4_sale(db, 2, 1, "dee@shop.example", "Dee", D(2024, 4, 2), "done", 90)
+    add_source4_sale(db, 2, 1, "dee@shop.example", "Dee", D(2024, 4, 3), "done", 95)
+    sql(db, "update source4.shop_orders set sale_no = null where amount = 80")
+    run(db, config=config)
+    quarantined = query(db, "select source_order_id, reasons from craftmart.quarantine"
+                            " order by 1 nulls first").rows()
+    assert quarantined == [(None, ["order_key_missing"]), (2, ["duplicate_order_key"])]
+
+    for _ in range(2):
+        report = run(db, config=config)
+        assert report.pull == "changes"
+        assert report.pulled == {"source4": 3}
+        assert report.quarantine == {"left": 0, "arrived": 0}
+        assert report.sources["source4"] == {"read": 3, "loaded": 1, "quarantined": 2}
+    assert query(db, "select count(*) from craftmart.quarantine").item() == 2
+    before = warehouse_state(db)
+    assert run(db, config=config, full=True).dwh == report.dwh
+    assert _data(warehouse_state(db)) == _data(before)
