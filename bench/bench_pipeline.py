@@ -123,6 +123,8 @@ def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
         "seconds": round(result["seconds"], 2),
         "stages": {k: round(float(v), 3) for k, v in report.get("stages", {}).items()},
         "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        # the process's peak when each stage ended: which stage set it
+        "stage_peak_rss_mb": report.get("peak_rss_mb", {}),
         "pull": report.get("pull"),
         "rows_pulled": sum(report.get("pulled", {}).values()),
         "dwh": report.get("dwh", {}),

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from ._database import first_line, quote_ident, redact
 from .errors import CraftmartError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,24 @@ def fetch_value(conn: Any, sql: str, parameters: Sequence[Any] | None = None) ->
     return None if row is None else row[0]
 
 
+#: Rows converted to Arrow at a time when a frame is written (COPY streams them).
+ARROW_SLICE_ROWS = 250_000
+
+
+def arrow_stream(frame: pl.DataFrame) -> pa.RecordBatchReader:
+    """A frame as a stream of Arrow batches, converted slice by slice as they are
+    written: a large frame is never held as Arrow all at once beside its Polars self."""
+    import pyarrow as pa
+
+    schema = frame.head(0).to_arrow().schema
+    batches = (
+        batch
+        for piece in frame.iter_slices(ARROW_SLICE_ROWS)
+        for batch in piece.to_arrow().cast(schema).to_batches()
+    )
+    return pa.RecordBatchReader.from_batches(schema, batches)
+
+
 def stage(
     conn: Any, name: str, frame: pl.DataFrame, *, analyze: Sequence[str] | None = None
 ) -> str:
@@ -86,7 +107,7 @@ def stage(
     cur = conn.cursor()
     try:
         execute(conn, f"drop table if exists pg_temp.{quote_ident(name)}")
-        cur.adbc_ingest(name, frame.to_arrow(), mode="create", temporary=True)
+        cur.adbc_ingest(name, arrow_stream(frame), mode="create", temporary=True)
     finally:
         cur.close()
     qualified = f"pg_temp.{quote_ident(name)}"

@@ -258,13 +258,16 @@ class SurrogateIds:
     customers: pl.DataFrame  # customer_id, customer_email
     products: pl.DataFrame  # product_id, craftsman_email, product_name, product_description
 
-    def resolve(self, orders: pl.DataFrame) -> pl.DataFrame:
-        """Orders by natural key -> the same orders with their entities' ids."""
-        return (
-            orders.join(self.craftsmen, on="craftsman_email", how="left")
-            .join(self.customers, on="customer_email", how="left")
-            .join(self.products, on=list(PRODUCT_KEY), how="left", nulls_equal=True)
+    def resolve(self, orders: pl.DataFrame, columns: list[str] | None = None) -> pl.DataFrame:
+        """Orders by natural key -> the same orders with their entities' ids (only
+        ``columns`` of them when given: one lazy plan, no full-width intermediate)."""
+        resolved = (
+            orders.lazy()
+            .join(self.craftsmen.lazy(), on="craftsman_email", how="left")
+            .join(self.customers.lazy(), on="customer_email", how="left")
+            .join(self.products.lazy(), on=list(PRODUCT_KEY), how="left", nulls_equal=True)
         )
+        return (resolved if columns is None else resolved.select(columns)).collect()
 
 
 def write_warehouse(
@@ -312,7 +315,7 @@ def write_warehouse(
     ]
     if not diff.orders.updates.is_empty():
         staged = stage(conn, "stage_f_order_updates",
-                       ids.resolve(diff.orders.updates).select(order_columns))
+                       ids.resolve(diff.orders.updates, order_columns))
         execute(
             conn,
             f"""
@@ -343,7 +346,7 @@ def write_warehouse(
         )
     if not diff.orders.inserts.is_empty():
         staged = stage(conn, "stage_f_order_inserts",
-                       ids.resolve(diff.orders.inserts).select(order_columns))
+                       ids.resolve(diff.orders.inserts, order_columns))
         insert = f"""
             insert into dwh.f_order ({", ".join(order_columns)}, load_dttm)
             select {", ".join(order_columns)}, {RUN_TS}

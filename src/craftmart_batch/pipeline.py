@@ -19,7 +19,7 @@ from ._database import Database, connect, first_line, redact
 from ._sql import database_error, execute, fetch_frame, fetch_value
 from .config import Settings
 from .errors import CraftmartError, LockHeldError
-from .transform.identity import build_warehouse
+from .transform.identity import ORDER_ATTRS, build_warehouse
 from .transform.marts import orders_with_attributes
 from .transform.validate import validate
 
@@ -184,14 +184,25 @@ def _load_everything(
     Returns every DWH order with its attributes, as written: what the marts aggregate.
     """
     report.pull = "everything"
-    with _stage(report, "pull", progress):
-        canonical = extract.pull_sources(db, settings.sources)
-    with _stage(report, "validate", progress):
-        hashes = canonical.select("source_name", "source_order_id", "row_hash")
-        report.pulled = _per_source(canonical)
-        valid, quarantine = validate(canonical.drop("row_hash"))
-        report.sources = _source_counts(settings, canonical, valid, quarantine)
-        del canonical  # the largest frame: free it before the DWH is read in
+    valid_parts, quarantine_parts, hash_parts = [], [], []
+    # One source at a time: only one source's rows are held as read (as Arrow, then as
+    # Polars) at any moment, beside the valid rows of the sources before it.
+    for i, source in enumerate(settings.sources):
+        with _stage(report, "pull", progress if i == 0 else None):
+            canonical = extract.pull_sources(db, [source])
+        with _stage(report, "validate", progress if i == 0 else None):
+            hash_parts.append(canonical.select("source_name", "source_order_id", "row_hash"))
+            valid, quarantine = validate(canonical.drop("row_hash"))
+            del canonical
+            valid_parts.append(valid)
+            quarantine_parts.append(quarantine)
+    with _stage(report, "validate", None):
+        valid = pl.concat(valid_parts, rechunk=False)
+        quarantine = pl.concat(quarantine_parts, rechunk=False)
+        hashes = pl.concat(hash_parts, rechunk=False)
+        del valid_parts, quarantine_parts, hash_parts
+        report.pulled = _per_source(hashes)
+        report.sources = _source_counts(settings, hashes, valid, quarantine)
     with _stage(report, "dedup", progress):
         target = build_warehouse(valid)
         del valid
@@ -203,11 +214,17 @@ def _load_everything(
         report.quarantine = load.write_quarantine(conn, quarantine)
         delta_module.store_all(conn, settings.sources, hashes)
         del current, quarantine, hashes
+        # Statistics for what was just written, in this transaction: without them the
+        # next statements (and the next run, if it comes before autovacuum does) plan
+        # for the tables as they were, e.g. empty before a first load.
+        execute(conn, "analyze dwh.d_craftsman, dwh.d_customer, dwh.d_product, dwh.f_order,"
+                      " craftmart.source_rows")
     report.dwh = diff.counts()
     # The DWH as now written, in memory: what the marts aggregate on an
     # incremental refresh (--full re-reads it from the database instead).
+    needed = ["craftsman_id", "customer_id", *ORDER_ATTRS]
     return orders_with_attributes(
-        ids.resolve(target.orders), target.craftsmen, target.customers, target.products
+        ids.resolve(target.orders, needed), target.craftsmen, target.customers, target.products
     )
 
 

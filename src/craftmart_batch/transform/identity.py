@@ -45,18 +45,40 @@ class Warehouse:
     orders: pl.DataFrame
 
 
+@dataclass(frozen=True)
+class RecencyOrder:
+    """Rows ordered by ``RECENCY``: ``rows[by_recency]`` is that order, and
+    ``position[i]`` is where row ``i`` stands in it (the inverse permutation)."""
+
+    by_recency: pl.Series
+    position: pl.Series
+
+    @classmethod
+    def of(cls, rows: pl.DataFrame) -> RecencyOrder:
+        by_recency = rows.select(pl.arg_sort_by(list(RECENCY)))[:, 0]
+        position = pl.zeros(rows.height, pl.UInt32, eager=True).scatter(
+            by_recency, pl.int_range(rows.height, dtype=pl.UInt32, eager=True)
+        )
+        return cls(by_recency, position)
+
+
 def latest_per_key(
-    rows: pl.DataFrame, by_recency: pl.Series, key: tuple[str, ...], attrs: tuple[str, ...]
+    rows: pl.DataFrame, order: RecencyOrder, key: tuple[str, ...], attrs: tuple[str, ...]
 ) -> pl.DataFrame:
     """One row per ``key`` whose ``attrs`` come from its most recent row.
 
-    ``by_recency`` is the permutation that sorts ``rows`` by ``RECENCY``, so the last
-    row of a key wins. Only the key and attribute columns are gathered: a narrow copy.
+    Keys are grouped by their dictionary codes (a Categorical cast: one copy of each
+    distinct text, not of every row's), the most recent position of each is kept, and
+    only those rows' attributes are gathered. Null key parts group together.
     """
-    return (
-        rows.select(*key, *attrs)[by_recency]
-        .unique(subset=list(key), keep="last", maintain_order=False)
-        .sort(list(key), nulls_last=True)
+    codes = rows.select(
+        *(pl.col(k).cast(pl.Categorical).to_physical() for k in key),
+        order.position.alias("__position"),
+    )
+    latest = codes.group_by(list(key)).agg(pl.col("__position").max())["__position"]
+    del codes
+    return rows.select(*key, *attrs)[order.by_recency.gather(latest)].sort(
+        list(key), nulls_last=True
     )
 
 
@@ -72,11 +94,10 @@ def build_warehouse(valid: pl.DataFrame) -> Warehouse:
         normalised_email("craftsman_email").alias("craftsman_email"),
         normalised_email("customer_email").alias("customer_email"),
     )
-    # One sort order for all three dimensions, applied to each one's columns only.
-    by_recency = rows.select(pl.arg_sort_by(list(RECENCY)))[:, 0]
+    order = RecencyOrder.of(rows)  # one order for all three dimensions
     return Warehouse(
-        craftsmen=latest_per_key(rows, by_recency, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
-        customers=latest_per_key(rows, by_recency, CUSTOMER_KEY, CUSTOMER_ATTRS),
-        products=latest_per_key(rows, by_recency, PRODUCT_KEY, PRODUCT_ATTRS),
+        craftsmen=latest_per_key(rows, order, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
+        customers=latest_per_key(rows, order, CUSTOMER_KEY, CUSTOMER_ATTRS),
+        products=latest_per_key(rows, order, PRODUCT_KEY, PRODUCT_ATTRS),
         orders=rows.select(*ORDER_KEY, *ORDER_ATTRS),
     )

@@ -131,13 +131,15 @@ def orders_with_attributes(
     """
     product_key = ["craftsman_email", "product_name", "product_description"]
     return (
-        orders.join(products.select(*product_key, "product_type"), on=product_key, how="left",
-                    nulls_equal=True)
-        .join(customers.select("customer_email", "customer_name", "customer_address",
-                               "customer_birthday"), on="customer_email", how="left")
-        .join(craftsmen.select("craftsman_email", "craftsman_name", "craftsman_address",
-                               "craftsman_birthday"), on="craftsman_email", how="left")
+        orders.lazy()
+        .join(products.lazy().select(*product_key, "product_type"), on=product_key,
+              how="left", nulls_equal=True)
+        .join(customers.lazy().select("customer_email", "customer_name", "customer_address",
+                                      "customer_birthday"), on="customer_email", how="left")
+        .join(craftsmen.lazy().select("craftsman_email", "craftsman_name", "craftsman_address",
+                                      "craftsman_birthday"), on="craftsman_email", how="left")
         .select(ORDERS_SCHEMA.names())
+        .collect()
     )
 
 
