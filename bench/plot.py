@@ -128,6 +128,26 @@ def markdown(series: dict[tuple[int, float, str], dict[int, Any]], sizes: list[i
     return "\n".join(lines)
 
 
+def stage_table(result: dict[str, Any]) -> str:
+    """One size's runs as rows, wall time and seconds per stage as columns (Markdown)."""
+    runs = result["runs"]
+    stages: list[str] = []
+    for run in runs:
+        stages += [s for s in run["stages"] if s not in stages and s not in ("lock", "commit")]
+    short = [s.removesuffix("_report_datamart") + (" mart" if s.endswith("datamart") else "")
+             for s in stages]
+    lines = ["| run | total | " + " | ".join(short) + " | rows pulled | peak RSS | DB |",
+             "|---|---:|" + "---:|" * len(stages) + "---:|---:|---:|"]
+    for run in runs:
+        cells = [f"{run['stages'][s]:.2f}" if s in run["stages"] else "-" for s in stages]
+        lines.append(
+            f"| {run['label']} | **{run['seconds']:.1f} s** | " + " | ".join(cells)
+            + f" | {run.get('rows_pulled') or 0:,} | {memory(run['peak_rss_mb'])}"
+            + f" | {memory(run['database_mb'])} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", type=Path, nargs="*",
@@ -147,6 +167,9 @@ def main() -> int:
     plot(series, title, args.out)
     print(f"Run time / peak RSS of the run process ({'; '.join(hosts)}):\n")
     print(markdown(series, sorted(results)))
+    for n in sorted(results):
+        print(f"\nSeconds by stage, {n:,} orders:\n")
+        print(stage_table(results[n]))
     print(f"\nwritten {args.out}", file=sys.stderr)
     return 0
 
