@@ -67,7 +67,9 @@ class RunReport:
 
 @contextmanager
 def _stage(report: RunReport, name: str, progress: Progress | None) -> Iterator[None]:
-    if progress:
+    """Time a stage; a stage entered again (a run pulls in steps) adds to its time and
+    is announced only the first time."""
+    if progress and name not in report.stages:
         progress(name)
     started = time.perf_counter()
     yield
@@ -187,10 +189,10 @@ def _load_everything(
     valid_parts, quarantine_parts, hash_parts = [], [], []
     # One source at a time: only one source's rows are held as read (as Arrow, then as
     # Polars) at any moment, beside the valid rows of the sources before it.
-    for i, source in enumerate(settings.sources):
-        with _stage(report, "pull", progress if i == 0 else None):
+    for source in settings.sources:
+        with _stage(report, "pull", progress):
             canonical = extract.pull_sources(db, [source])
-        with _stage(report, "validate", progress if i == 0 else None):
+        with _stage(report, "validate", progress):
             hash_parts.append(canonical.select("source_name", "source_order_id", "row_hash"))
             valid, quarantine = validate(canonical.drop("row_hash"))
             del canonical
