@@ -96,6 +96,15 @@ def arrow_stream(frame: pl.DataFrame) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(schema, batches)
 
 
+def append(conn: Any, schema: str, table: str, frame: pl.DataFrame) -> None:
+    """Append a frame to an existing table with binary COPY, streamed slice by slice."""
+    cur = conn.cursor()
+    try:
+        cur.adbc_ingest(table, arrow_stream(frame), mode="append", db_schema_name=schema)
+    finally:
+        cur.close()
+
+
 def stage(
     conn: Any, name: str, frame: pl.DataFrame, *, analyze: Sequence[str] | None = None
 ) -> str:

@@ -23,7 +23,7 @@ import polars as pl
 
 from . import __version__, extract
 from ._database import Database
-from ._sql import arrow_stream, execute, fetch_frame, fetch_value, stage
+from ._sql import append, execute, fetch_frame, fetch_value, stage
 from .config import Source
 
 logger = logging.getLogger(__name__)
@@ -108,12 +108,7 @@ def store_all(conn: Any, sources: Sequence[Source], current: pl.DataFrame) -> No
     """Keep the hashes of a full pull, replacing every stored one."""
     once = pl.col("source_order_id").is_not_null() & (pl.len().over(ORDER_KEY) == 1)
     execute(conn, "truncate craftmart.source_rows")
-    cur = conn.cursor()
-    try:
-        cur.adbc_ingest("source_rows", arrow_stream(current.filter(once)), mode="append",
-                        db_schema_name="craftmart")
-    finally:
-        cur.close()
+    append(conn, "craftmart", "source_rows", current.filter(once))
     execute(conn, "truncate craftmart.source_rows_state")
     execute(conn, "insert into craftmart.source_rows_state (fingerprint) values ($1)",
             (fingerprint(sources),))

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from ._database import quote_ident
-from ._sql import execute, fetch_frame, fetch_value, split_statements, stage
+from ._sql import append, execute, fetch_frame, fetch_value, split_statements, stage
 from .errors import CraftmartError
 
 logger = logging.getLogger(__name__)
@@ -216,11 +216,7 @@ def _ingest(conn: Any, table: str, frame: pl.DataFrame) -> None:
     is what makes the ids deterministic; ``_sync_identities`` then fixes the sequences.
     """
     schema, name = table.split(".")
-    cur = conn.cursor()
-    try:
-        cur.adbc_ingest(name, frame.to_arrow(), mode="append", db_schema_name=schema)
-    finally:
-        cur.close()
+    append(conn, schema, name, frame)
 
 
 # --------------------------------------------------------------------------- the world

@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from ._sql import arrow_stream, execute, fetch_frame, fetch_value, stage
+from ._sql import append, execute, fetch_frame, fetch_value, stage
 from .load import RUN_TS
 from .transform import marts
 
@@ -196,12 +196,7 @@ def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tu
     key = [mart.entity_id, "report_period"]
     if not scope_sql and fetch_value(conn, f"select not exists (select from {mart.table})"):
         # First build: nothing to compare with or delete, so a plain bulk insert.
-        cur = conn.cursor()
-        try:
-            cur.adbc_ingest(mart.name, arrow_stream(rows.select(columns)), mode="append",
-                            db_schema_name="marts")
-        finally:
-            cur.close()
+        append(conn, "marts", mart.name, rows.select(columns))
         execute(conn, f"analyze {mart.table}")  # plans of the next refresh need them
         return rows.height, 0, 0
     staged = stage(conn, f"stage_{mart.name}", rows.select(columns), analyze=key)
