@@ -25,10 +25,11 @@ from . import __version__, extract
 from ._database import Database
 from ._sql import append, execute, fetch_frame, fetch_value, stage
 from .config import Source
+from .transform import identity
 
 logger = logging.getLogger(__name__)
 
-ORDER_KEY = ["source_name", "source_order_id"]
+ORDER_KEY = list(identity.ORDER_KEY)
 
 
 _NO_HASHES = pl.DataFrame(schema=extract.HASH_SCHEMA)
@@ -69,25 +70,27 @@ class SourceDelta:
         ])
 
 
+#: A row whose key is set and appears once in its source: the rows with a hash to keep.
+_KEYED_ONCE = pl.col("source_order_id").is_not_null() & (pl.len().over(ORDER_KEY) == 1)
+
+
 def compare(current: pl.DataFrame, stored: pl.DataFrame) -> SourceDelta:
     """``current`` hashes (as pulled) against ``stored`` ones (as the last run kept them).
 
     Both are ``source_name, source_order_id, row_hash``; ``stored`` has unique keys.
     """
     has_key = pl.col("source_order_id").is_not_null()
-    once = has_key & (pl.len().over(ORDER_KEY) == 1)
-    flagged = current.with_columns(once.alias("__once"))
+    flagged = current.with_columns(_KEYED_ONCE.alias("__once"))
     regular = flagged.filter(pl.col("__once")).drop("__once")
     repeated = flagged.filter(has_key & ~pl.col("__once")).select(ORDER_KEY).unique()
     new_or_changed = regular.join(stored, on=[*ORDER_KEY, "row_hash"], how="anti")
     gone_or_repeated = stored.join(regular, on=ORDER_KEY, how="anti").select(ORDER_KEY)
     changed = pl.concat([new_or_changed.select(ORDER_KEY), gone_or_repeated, repeated]).unique()
-    counted = current.group_by("source_name").len()
     return SourceDelta(
         changed=changed.sort(ORDER_KEY),
         keyless=tuple(sorted(set(current.filter(~has_key)["source_name"].to_list()))),
         hashes=new_or_changed,
-        rows=dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True)),
+        rows=extract.rows_per_source(current),
     )
 
 
@@ -106,9 +109,8 @@ def detect(conn: Any, db: Database, sources: Sequence[Source]) -> SourceDelta | 
 
 def store_all(conn: Any, sources: Sequence[Source], current: pl.DataFrame) -> None:
     """Keep the hashes of a full pull, replacing every stored one."""
-    once = pl.col("source_order_id").is_not_null() & (pl.len().over(ORDER_KEY) == 1)
     execute(conn, "truncate craftmart.source_rows")
-    append(conn, "craftmart", "source_rows", current.filter(once))
+    append(conn, "craftmart", "source_rows", current.filter(_KEYED_ONCE))
     execute(conn, "truncate craftmart.source_rows_state")
     execute(conn, "insert into craftmart.source_rows_state (fingerprint) values ($1)",
             (fingerprint(sources),))

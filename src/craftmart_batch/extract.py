@@ -175,6 +175,12 @@ def pull_query(
             f"from (\n{source_query(source, where)}\n) as canonical")
 
 
+def rows_per_source(frame: pl.DataFrame) -> dict[str, int]:
+    """How many rows of ``frame`` each ``source_name`` has."""
+    counted = frame.group_by("source_name").len()
+    return dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True))
+
+
 def empty_canonical() -> pl.DataFrame:
     return pl.DataFrame(schema=CANONICAL_SCHEMA)
 

@@ -203,7 +203,7 @@ def _load_everything(
         quarantine = pl.concat(quarantine_parts, rechunk=False)
         hashes = pl.concat(hash_parts, rechunk=False)
         del valid_parts, quarantine_parts, hash_parts
-        report.pulled = _per_source(hashes)
+        report.pulled = extract.rows_per_source(hashes)
         report.sources = _source_counts(settings, hashes, valid, quarantine)
     with _stage(report, "dedup", progress):
         target = build_warehouse(valid)
@@ -260,7 +260,7 @@ def _load_changes(
                                 {s.name: s.rank for s in settings.sources})
     with _stage(report, "pull", progress):
         others = extract.pull_sources(db, settings.sources, scope.latest_unchanged)
-        report.pulled = _per_source(pl.concat([changed, others]))
+        report.pulled = extract.rows_per_source(pl.concat([changed, others]))
     with _stage(report, "validate", progress):
         # Unchanged rows are valid; one that changed since the keys were compared is
         # left, whatever it now holds, to the next run, which sees its new hash.
@@ -278,38 +278,30 @@ def _load_changes(
     return True
 
 
-def _per_source(frame: pl.DataFrame) -> dict[str, int]:
-    counted = frame.group_by("source_name").len()
-    return dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True))
-
-
 def _stored_counts(
     conn: Any, settings: Settings, delta: delta_module.SourceDelta
 ) -> dict[str, dict[str, int]]:
     """Rows read, loaded and quarantined per source, as the DWH now holds them."""
-    stored = fetch_frame(
-        conn,
-        """
-        select source_name, 'loaded' as what, count(*) as n from dwh.f_order group by 1
-        union all
-        select source_name, 'quarantined', count(*) from craftmart.quarantine group by 1
-        """,
+    loaded, quarantined = (
+        dict(fetch_frame(conn, f"select source_name, count(*) from {table} group by 1")
+             .iter_rows())
+        for table in ("dwh.f_order", "craftmart.quarantine")
     )
-    counts = {(r["source_name"], r["what"]): int(r["n"]) for r in stored.iter_rows(named=True)}
-    return {
-        s.name: {
-            "read": delta.rows.get(s.name, 0),
-            "loaded": counts.get((s.name, "loaded"), 0),
-            "quarantined": counts.get((s.name, "quarantined"), 0),
-        }
-        for s in settings.sources
-    }
+    return _by_source(settings, delta.rows, loaded, quarantined)
 
 
 def _source_counts(
     settings: Settings, canonical: pl.DataFrame, valid: pl.DataFrame, quarantine: pl.DataFrame
 ) -> dict[str, dict[str, int]]:
-    read, loaded, quarantined = _per_source(canonical), _per_source(valid), _per_source(quarantine)
+    return _by_source(settings, extract.rows_per_source(canonical), extract.rows_per_source(valid),
+                      extract.rows_per_source(quarantine))
+
+
+def _by_source(
+    settings: Settings, read: dict[str, int], loaded: dict[str, int],
+    quarantined: dict[str, int],
+) -> dict[str, dict[str, int]]:
+    """The report's rows read, loaded and quarantined, for every registered source."""
     return {
         s.name: {
             "read": read.get(s.name, 0),
@@ -321,13 +313,21 @@ def _source_counts(
 
 
 def _record_run(conn: Any, report: RunReport, started_at: float) -> None:
+    _insert_run(conn, report, started_at, "success", report.as_dict())
+
+
+def _insert_run(
+    conn: Any, report: RunReport, started_at: float, outcome: str, stats: dict[str, Any]
+) -> None:
+    """One ``craftmart.runs`` row: the run's mode, ``outcome`` and ``stats``."""
     execute(
         conn,
         """
         insert into craftmart.runs (started_at, finished_at, mode, outcome, stats)
-        values (to_timestamp($1), clock_timestamp(), $2, 'success', $3::jsonb)
+        values (to_timestamp($1), clock_timestamp(), $2, $3, $4::jsonb)
         """,
-        (started_at, "full" if report.full else "incremental", json.dumps(report.as_dict())),
+        (started_at, "full" if report.full else "incremental", outcome,
+         json.dumps(stats, default=str)),
     )
 
 
@@ -351,18 +351,11 @@ def _record_failure(db: Database, report: RunReport, started_at: float, error: s
     try:
         if fetch_value(conn, "select to_regclass('craftmart.runs')::text") is None:
             return
-        execute(
-            conn,
-            """
-            insert into craftmart.runs (started_at, finished_at, mode, outcome, stats)
-            values (to_timestamp($1), clock_timestamp(), $2, 'failed', $3::jsonb)
-            """,
-            (started_at, "full" if report.full else "incremental",
-             # what it read and how long each finished stage took, but no DWH, mart
-             # or quarantine changes: the rollback kept none of them
-             json.dumps({**report.as_dict(), "dwh": {}, "quarantine": {}, "marts": {},
-                         "error": redact(error)}, default=str)),
-        )
+        # what it read and how long each finished stage took, but no DWH, mart or
+        # quarantine changes: the rollback kept none of them
+        _insert_run(conn, report, started_at, "failed",
+                    {**report.as_dict(), "dwh": {}, "quarantine": {}, "marts": {},
+                     "error": redact(error)})
     except Exception as exc:
         logger.info("could not record the failed run: %s", first_line(redact(str(exc))))
     finally:
