@@ -71,38 +71,17 @@ CRAFTSMAN_MART = Mart(
 
 MARTS = (CUSTOMER_MART, CRAFTSMAN_MART)
 
-_ORDERS_WITH_ATTRIBUTES = """
-    select
-        f.order_id,
-        f.customer_id,
-        f.craftsman_id,
-        f.product_id,
-        f.order_created_date,
-        f.order_completion_date,
-        f.order_status,
-        f.product_price,
-        p.product_type,
-        cu.customer_name,
-        cu.customer_address,
-        cu.customer_birthday,
-        cu.customer_email,
-        cr.craftsman_name,
-        cr.craftsman_address,
-        cr.craftsman_birthday,
-        cr.craftsman_email
-    from dwh.f_order as f
-    inner join dwh.d_product as p on p.product_id = f.product_id
-    inner join dwh.d_customer as cu on cu.customer_id = f.customer_id
-    inner join dwh.d_craftsman as cr on cr.craftsman_id = f.craftsman_id
-"""
-
-
-def _orders_of(conn: Any, mart: Mart, entities: str) -> pl.DataFrame:
-    """The orders of the ``entities`` (a table of ``entity_id``) with what ``mart`` reads
-    of them: each order's values and product type (for craftsmen, also its customer's
-    birthday), and the entity's own attributes read once per entity rather than carried
-    on every order. Attributes the mart does not read are null."""
+def _orders_of(conn: Any, mart: Mart, entities: str | None = None) -> pl.DataFrame:
+    """The orders of the ``entities`` (a table of ``entity_id``; every entity when None)
+    with what ``mart`` reads of them: each order's values and product type (for
+    craftsmen, also its customer's birthday), and the entity's own attributes read once
+    per entity rather than carried on every order. Attributes the mart does not read
+    are null."""
     person = mart.entity_id.removesuffix("_id")
+
+    def only(column: str) -> str:
+        return "" if entities is None else f" where {column} in (select entity_id from {entities})"
+
     per_order = ["f.customer_id", "f.craftsman_id", "f.order_created_date",
                  "f.order_completion_date", "f.order_status", "f.product_price",
                  "p.product_type"]
@@ -113,13 +92,12 @@ def _orders_of(conn: Any, mart: Mart, entities: str) -> pl.DataFrame:
     orders = fetch_frame(
         conn,
         f"select {', '.join(per_order)} from dwh.f_order as f {' '.join(joins)}"
-        f" where f.{mart.entity_id} in (select entity_id from {entities})",
+        + only(f"f.{mart.entity_id}"),
     )
     own = [f"{person}_{a}" for a in ("id", "name", "address", "birthday", "email")]
     attributes = fetch_frame(
         conn,
-        f"select {', '.join(own)} from dwh.d_{person}"
-        f" where {person}_id in (select entity_id from {entities})",
+        f"select {', '.join(own)} from dwh.d_{person}" + only(f"{person}_id"),
     )
     unread = [c for c in marts.ORDERS_SCHEMA if c not in orders.columns and c not in own]
     return orders.join(attributes, on=mart.entity_id, how="inner").with_columns(
@@ -162,7 +140,7 @@ def refresh(
     entity = mart.entity_id
     if full or (since is None and dwh_orders is None):
         scope_sql = ""
-        orders = fetch_frame(conn, _ORDERS_WITH_ATTRIBUTES)
+        orders = _orders_of(conn, mart)
         entity_count = orders[entity].n_unique()
     elif since is None:
         assert dwh_orders is not None
