@@ -19,6 +19,10 @@ from craftmart_batch.config import Settings, load_settings
 
 SOURCES = ("source1", "source2", "source3", "external_source")
 
+CUSTOMER = "customer_report_datamart"
+CRAFTSMAN = "craftsman_report_datamart"
+MARTS = (CUSTOMER, CRAFTSMAN)
+
 #: Each default source's table with one row per order.
 ORDER_TABLES = {
     "source1": "source1.craft_market_wide",
@@ -185,6 +189,20 @@ def warehouse_state(db: Database) -> dict[str, str]:
         }
     finally:
         conn.close()
+
+
+def mart_rows(conn: Any) -> dict[str, pl.DataFrame]:
+    """Both marts as JSON text rows without their ids, in key order, read on ``conn``
+    (inside whatever transaction it holds)."""
+    frames = {}
+    for name in MARTS:
+        entity = "customer_id" if name == CUSTOMER else "craftsman_id"
+        frames[name] = fetch_frame(
+            conn,
+            f"select (to_jsonb(m) - 'id')::text as row from marts.{name} as m"
+            f" order by {entity}, report_period",
+        )
+    return frames
 
 
 def rows_per_source(db: Database) -> dict[str, dict[str, int]]:

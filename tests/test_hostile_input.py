@@ -19,7 +19,19 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import add_order, create_sources, mart, query, run, sql, warehouse_state
+from helpers import (
+    CRAFTSMAN,
+    CUSTOMER,
+    ORDER_TABLES,
+    add_order,
+    create_sources,
+    mart,
+    query,
+    rows_per_source,
+    run,
+    sql,
+    warehouse_state,
+)
 from oracle import expected_craftsman_mart, expected_customer_mart
 from polars.testing import assert_frame_equal
 
@@ -27,15 +39,6 @@ from craftmart_batch._database import Database, connection
 from craftmart_batch.errors import CraftmartError
 
 D = dt.date
-CUSTOMER = "customer_report_datamart"
-CRAFTSMAN = "craftsman_report_datamart"
-
-ORDER_TABLES = {
-    "source1": "source1.craft_market_wide",
-    "source2": "source2.craft_market_orders_customers",
-    "source3": "source3.craft_market_orders",
-    "external_source": "external_source.craft_products_orders",
-}
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
@@ -221,20 +224,6 @@ def quarantine_of(db: Database) -> dict[tuple[str, int], tuple[list[str], dict[s
             for r in frame.iter_rows(named=True)}
 
 
-def counts_per_source(db: Database) -> dict[str, dict[str, int]]:
-    counts = {}
-    for source, table in ORDER_TABLES.items():
-        counts[source] = query(
-            db,
-            f"select (select count(*) from {table}) as read,"
-            " (select count(*) from dwh.f_order where source_name = $1) as loaded,"
-            " (select count(*) from craftmart.quarantine where source_name = $1)"
-            " as quarantined",
-            (source,),
-        ).row(0, named=True)
-    return counts
-
-
 _NUMERIC = {
     "customer_money": pl.Decimal(15, 2), "craftsman_money": pl.Decimal(15, 2),
     "platform_money": pl.Decimal(15, 2), "avg_price_order": pl.Decimal(10, 2),
@@ -359,7 +348,7 @@ def test_a_catalogue_of_hostile_rows_is_quarantined_with_its_reasons_or_loaded_e
     assert query(db, "select count(*) from dwh.d_customer where customer_email in"
                      " ('noproduct@buyer.example', 'nocraftsman@buyer.example')").item() == 0
 
-    counts = counts_per_source(db)
+    counts = rows_per_source(db)
     for source, count in counts.items():
         assert count["read"] == count["loaded"] + count["quarantined"], source
     assert report.sources == counts

@@ -28,7 +28,10 @@ from typing import Any
 import polars as pl
 import pytest
 from helpers import (
+    CRAFTSMAN,
+    CUSTOMER,
     DEFAULT_ORDER,
+    MARTS,
     add_order,
     create_sources,
     query,
@@ -45,10 +48,6 @@ from craftmart_batch import extract, pipeline, refresh
 from craftmart_batch._database import Database, connect, connection
 from craftmart_batch._sql import execute, fetch_frame, fetch_value, stage
 from craftmart_batch.config import CANONICAL_FIELDS, load_settings
-
-CUSTOMER = "customer_report_datamart"
-CRAFTSMAN = "craftsman_report_datamart"
-MARTS = (CUSTOMER, CRAFTSMAN)
 
 #: numeric mart columns: ``mart()`` returns them as text, the oracle as decimals.
 NUMERIC = {

@@ -29,10 +29,14 @@ import polars as pl
 import pytest
 from conftest import TEST_DSN_VARIABLE
 from helpers import (
+    CUSTOMER,
     DEFAULT_ORDER,
+    MARTS,
     add_order,
     create_sources,
+    mart_rows,
     query,
+    rows_per_source,
     run,
     sql,
     warehouse_state,
@@ -43,21 +47,8 @@ from craftmart_batch import pipeline
 from craftmart_batch._database import Database, connect, connection
 from craftmart_batch._sql import execute, fetch_frame, fetch_value
 
-CUSTOMER = "customer_report_datamart"
-CRAFTSMAN = "craftsman_report_datamart"
-MARTS = (CUSTOMER, CRAFTSMAN)
-
 #: The run under test announces itself to the server under this name.
 APP = "craftmart-under-test"
-
-#: Per default source: the table with one row per order (what "rows read" counts).
-ORDER_TABLES = {
-    "source1": "source1.craft_market_wide",
-    "source2": "source2.craft_market_orders_customers",
-    "source3": "source3.craft_market_orders",
-    "external_source": "external_source.craft_products_orders",
-}
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -139,29 +130,14 @@ def successful_runs(db: Database) -> int:
 
 def marts_now(db: Database) -> dict[str, pl.DataFrame]:
     """Both marts without their row ids, numerics as text, in key order."""
-    frames = {}
-    for name in MARTS:
-        entity = "customer_id" if name == CUSTOMER else "craftsman_id"
-        frames[name] = query(
-            db,
-            f"select (to_jsonb(m) - 'id')::text as row from marts.{name} as m"
-            f" order by {entity}, report_period",
-        )
-    return frames
+    with connection(db) as conn:
+        return mart_rows(conn)
 
 
 def assert_counts_conserved(db: Database) -> None:
     """Per source: rows in its order table = rows in f_order + rows in quarantine."""
-    for source, table in ORDER_TABLES.items():
-        read, loaded, quarantined = query(
-            db,
-            f"select (select count(*) from {table}) as read,"
-            " (select count(*) from dwh.f_order where source_name = $1) as loaded,"
-            " (select count(*) from craftmart.quarantine where source_name = $1)"
-            " as quarantined",
-            (source,),
-        ).row(0)
-        assert read == loaded + quarantined, source
+    for source, counts in rows_per_source(db).items():
+        assert counts["read"] == counts["loaded"] + counts["quarantined"], source
 
 
 def assert_next_run_equals_full(db: Database) -> pipeline.RunReport:
@@ -405,14 +381,7 @@ def test_a_statement_timeout_stops_the_run_in_one_line_and_writes_nothing(
 
 def _timed_marts(db: Database, reader: Any) -> tuple[dict[str, pl.DataFrame], float]:
     started = time.monotonic()
-    frames = {}
-    for name in MARTS:
-        entity = "customer_id" if name == CUSTOMER else "craftsman_id"
-        frames[name] = fetch_frame(
-            reader,
-            f"select (to_jsonb(m) - 'id')::text as row from marts.{name} as m"
-            f" order by {entity}, report_period",
-        )
+    frames = mart_rows(reader)
     frames["load_dates"] = fetch_frame(
         reader,
         "select (select count(*) from marts.load_dates_customer_report_datamart) as customer,"

