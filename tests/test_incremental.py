@@ -873,6 +873,33 @@ def test_a_product_price_change_reaggregates_only_the_order_that_carries_it(
     assert_marts_match_rebuild(db)
 
 
+def test_a_top_craftsman_tie_goes_to_the_smaller_email_on_an_incremental_refresh(
+    db: Database,
+) -> None:
+    """k3 gets a smaller id than k2, so only the emails can break their tie in 2024-02;
+    the customer's rows are then re-aggregated from the DWH by an incremental run."""
+    create_sources(db)
+
+    def order(craftsman: str, created: dt.date) -> None:
+        add_order(db, "source1", craftsman_email=f"{craftsman}@craft.example",
+                  order_created_date=created)
+
+    order("k1", dt.date(2023, 12, 31))
+    order("k3", dt.date(2024, 2, 15))
+    run(db)
+    order("k2", dt.date(2024, 2, 15))
+    run(db)
+    order("k1", dt.date(2023, 12, 31))  # touches the customer: every month is re-aggregated
+    assert run(db).pull == "changes"
+
+    k2 = query(db, "select craftsman_id from dwh.d_craftsman"
+                   " where craftsman_email = 'k2@craft.example'").item()
+    top = query(db, "select top_craftsman_id from marts.customer_report_datamart"
+                    " where report_period = '2024-02'").item()
+    assert top == k2
+    assert_marts_match_rebuild(db)
+
+
 def test_a_run_without_changes_reaggregates_and_writes_nothing(db: Database) -> None:
     """Nothing changed in the sources: no entity is re-aggregated, no DWH or mart row is
     written, and each mart's watermark advances to the run's timestamp."""

@@ -73,10 +73,11 @@ MARTS = (CUSTOMER_MART, CRAFTSMAN_MART)
 
 def _orders_of(conn: Any, mart: Mart, entities: str | None = None) -> pl.DataFrame:
     """The orders of the ``entities`` (a table of ``entity_id``; every entity when None)
-    with what ``mart`` reads of them: each order's values and product type (for
-    craftsmen, also its customer's birthday), and the entity's own attributes read once
-    per entity rather than carried on every order. Attributes the mart does not read
-    are null."""
+    with what ``mart`` reads of them: each order's values and product type, the other
+    person's attribute the mart reads per order (for customers the craftsman's email,
+    which breaks ties for top craftsman; for craftsmen the customer's birthday), and
+    the entity's own attributes read once per entity rather than carried on every
+    order. Attributes the mart does not read are null."""
     person = mart.entity_id.removesuffix("_id")
 
     def only(column: str) -> str:
@@ -89,6 +90,9 @@ def _orders_of(conn: Any, mart: Mart, entities: str | None = None) -> pl.DataFra
     if person == "craftsman":
         per_order.append("cu.customer_birthday")
         joins.append("inner join dwh.d_customer as cu on cu.customer_id = f.customer_id")
+    else:
+        per_order.append("cr.craftsman_email")
+        joins.append("inner join dwh.d_craftsman as cr on cr.craftsman_id = f.craftsman_id")
     orders = fetch_frame(
         conn,
         f"select {', '.join(per_order)} from dwh.f_order as f {' '.join(joins)}"
