@@ -181,10 +181,6 @@ def rows_per_source(frame: pl.DataFrame) -> dict[str, int]:
     return dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True))
 
 
-def empty_canonical() -> pl.DataFrame:
-    return pl.DataFrame(schema=CANONICAL_SCHEMA)
-
-
 HASH_SCHEMA: dict[str, pl.DataType] = {
     "source_name": pl.String(),
     "source_order_id": pl.Int64(),
