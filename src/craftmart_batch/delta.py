@@ -94,12 +94,16 @@ def compare(current: pl.DataFrame, stored: pl.DataFrame) -> SourceDelta:
     )
 
 
-def detect(conn: Any, db: Database, sources: Sequence[Source]) -> SourceDelta | None:
-    """Pull keys and hashes and compare them with the stored ones; None when the stored
-    hashes cannot be trusted (none yet, or another fingerprint): pull everything."""
-    stored_print = fetch_value(conn, "select max(fingerprint) from craftmart.source_rows_state")
-    if stored_print != fingerprint(sources):
-        return None
+def hashes_apply(conn: Any, sources: Sequence[Source]) -> bool:
+    """Whether the stored hashes were computed for these sources by this version (false
+    before any run, or after another fingerprint): if not, a run pulls everything."""
+    stored = fetch_value(conn, "select max(fingerprint) from craftmart.source_rows_state")
+    return bool(stored == fingerprint(sources))
+
+
+def detect(conn: Any, db: Database, sources: Sequence[Source]) -> SourceDelta:
+    """Pull keys and hashes and compare them with the stored ones (which must apply:
+    ``hashes_apply``)."""
     current = extract.pull_hashes(db, sources)
     stored = fetch_frame(
         conn, "select source_name, source_order_id, row_hash from craftmart.source_rows"

@@ -142,8 +142,9 @@ def run(
         with _stage(report, "schema", progress):
             report.migrations = schema.migrate(conn)
             report.run_ts = _set_run_timestamp(conn)
+            keyed = not full and delta_module.hashes_apply(conn, settings.sources)
         with _stage(report, "pull", progress):
-            delta = None if full else delta_module.detect(conn, db, settings.sources)
+            delta = delta_module.detect(conn, db, settings.sources) if keyed else None
         mart_input = None
         if delta is None or not _load_changes(conn, db, settings, delta, report, progress):
             mart_input = _load_everything(conn, db, settings, report, progress)
