@@ -62,15 +62,23 @@ def create_sources(db: Database) -> None:
         conn.close()
 
 
+class SqlDate(str):
+    """A date as PostgreSQL's text for it, for dates Python cannot hold: ``infinity``,
+    ``-infinity``, ``4714-11-24 BC``, ``5874897-12-31``. ``add_order`` casts it in SQL."""
+
+
 def _insert(conn: Any, table: str, values: dict[str, Any], returning: str) -> int:
     columns = list(values)
-    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    placeholders = ", ".join(
+        f"${i}::date" if isinstance(value, SqlDate) else f"${i}"
+        for i, value in enumerate(values.values(), start=1)
+    )
     return int(
         fetch_value(
             conn,
             f"insert into {table} ({', '.join(columns)}) values ({placeholders})"
             f" returning {returning}",
-            tuple(values.values()),
+            tuple(str(v) if isinstance(v, SqlDate) else v for v in values.values()),
         )
     )
 

@@ -1,4 +1,5 @@
-"""An independent SQL oracle of the marts: SPEC §5 written as plain PostgreSQL over ``dwh``.
+"""An independent SQL oracle: SPEC §5's marts written as plain PostgreSQL over ``dwh``, and
+SPEC §3's validity over the four default sources.
 
 The pipeline computes the marts with Polars (``craftmart_batch.transform.marts``); the
 tests compare its rows with these queries, which share no code with it. Numeric values
@@ -26,7 +27,7 @@ _NUMERIC_COLUMNS = {
     "craftsman_money": pl.Decimal(15, 2),
     "platform_money": pl.Decimal(15, 2),
     "avg_price_order": pl.Decimal(10, 2),
-    "avg_age_customer": pl.Decimal(4, 1),
+    "avg_age_customer": pl.Decimal(5, 1),
     "median_time_order_completed": pl.Decimal(10, 1),
 }
 
@@ -221,7 +222,7 @@ select
     m.count_order,
     round(m.price_sum::numeric(40, 20) / m.count_order, 2)::numeric(10, 2)::text
         as avg_price_order,
-    round(m.avg_age, 1)::numeric(4, 1)::text as avg_age_customer,
+    round(m.avg_age, 1)::numeric(5, 1)::text as avg_age_customer,
     round(m.median_days::numeric, 1)::numeric(10, 1)::text as median_time_order_completed,
     product_types_ranked.product_type as top_product_category,
     m.count_order_created,
@@ -238,6 +239,133 @@ left join product_types_ranked
     and product_types_ranked.type_rank = 1
 order by m.craftsman_id, m.report_period collate "C"
 """
+
+
+#: SPEC §3 over the four default sources, written by hand from ``shared/sources.sql``:
+#: per order key, how many source rows it has and whether one of them is valid. An order
+#: key is in ``dwh.f_order`` exactly when it has a valid row; every other row of it is
+#: in quarantine.
+ORDER_VALIDITY_SQL = """
+with
+source1_orders as (
+    select
+        'source1' as source_name,
+        wide.order_id as source_order_id,
+        wide.order_created_date,
+        wide.order_completion_date,
+        wide.order_status,
+        wide.product_price,
+        wide.craftsman_birthday,
+        wide.customer_birthday,
+        wide.craftsman_email,
+        wide.customer_email,
+        true as references_found
+    from source1.craft_market_wide as wide
+),
+
+source2_orders as (
+    select
+        'source2' as source_name,
+        orders.order_id as source_order_id,
+        orders.order_created_date,
+        orders.order_completion_date,
+        orders.order_status,
+        products.product_price,
+        products.craftsman_birthday,
+        orders.customer_birthday,
+        products.craftsman_email,
+        orders.customer_email,
+        products.craftsman_id is not null as references_found
+    from source2.craft_market_orders_customers as orders
+    left join source2.craft_market_masters_products as products
+        on products.craftsman_id = orders.craftsman_id
+        and products.product_id = orders.product_id
+),
+
+source3_orders as (
+    select
+        'source3' as source_name,
+        orders.order_id as source_order_id,
+        orders.order_created_date,
+        orders.order_completion_date,
+        orders.order_status,
+        orders.product_price,
+        craftsmen.craftsman_birthday,
+        customers.customer_birthday,
+        craftsmen.craftsman_email,
+        customers.customer_email,
+        craftsmen.craftsman_id is not null and customers.customer_id is not null
+            as references_found
+    from source3.craft_market_orders as orders
+    left join source3.craft_market_craftsmans as craftsmen
+        on craftsmen.craftsman_id = orders.craftsman_id
+    left join source3.craft_market_customers as customers
+        on customers.customer_id = orders.customer_id
+),
+
+external_orders as (
+    select
+        'external_source' as source_name,
+        orders.order_id as source_order_id,
+        orders.order_created_date,
+        orders.order_completion_date,
+        orders.order_status,
+        orders.product_price,
+        orders.craftsman_birthday,
+        customers.customer_birthday,
+        orders.craftsman_email,
+        customers.customer_email,
+        customers.customer_id is not null as references_found
+    from external_source.craft_products_orders as orders
+    left join external_source.customers as customers
+        on customers.customer_id = orders.customer_id
+),
+
+all_orders as (
+    select * from source1_orders
+    union all select * from source2_orders
+    union all select * from source3_orders
+    union all select * from external_orders
+),
+
+rows_checked as (
+    select
+        source_name,
+        source_order_id,
+        coalesce(
+            order_created_date is not null
+            and lower(btrim(order_status)) in ('created', 'in progress', 'delivery', 'done')
+            and (order_completion_date is null or order_completion_date >= order_created_date)
+            and product_price > 0
+            and product_price <= 10000000
+            and btrim(craftsman_email) ~ '^[^@[:space:]]+@[^@[:space:]]+$'
+            and btrim(customer_email) ~ '^[^@[:space:]]+@[^@[:space:]]+$'
+            and references_found
+            and order_created_date between date '1900-01-01' and date '2999-12-31'
+            and coalesce(order_completion_date between date '1900-01-01'
+                         and date '2999-12-31', true)
+            and coalesce(craftsman_birthday between date '1900-01-01'
+                         and date '2999-12-31', true)
+            and coalesce(customer_birthday between date '1900-01-01'
+                         and date '2999-12-31', true),
+            false
+        ) as is_valid
+    from all_orders
+)
+
+select
+    source_name,
+    source_order_id,
+    count(*) as source_rows,
+    bool_or(is_valid) as has_valid_row
+from rows_checked
+group by source_name, source_order_id
+"""
+
+
+def expected_order_validity(conn: Any) -> pl.DataFrame:
+    """Per order key of the default sources: ``source_rows`` and ``has_valid_row``."""
+    return _query(conn, ORDER_VALIDITY_SQL)
 
 
 def expected_customer_mart(conn: Any) -> pl.DataFrame:

@@ -393,9 +393,9 @@ def test_quarantine_refuses_an_unknown_rule_and_a_negative_limit(
     assert typo.returncode == 2
     assert typo.stderr.splitlines() == [
         "craftmart-batch: error: unknown rule 'missing_ref'; the rules are: order_key_missing,"
-        " created_date_missing, status_unknown, completion_before_created, price_not_positive,"
-        " craftsman_email_invalid, customer_email_invalid, missing_reference,"
-        " duplicate_order_key"
+        " created_date_missing, status_unknown, completion_before_created, date_out_of_range,"
+        " price_not_positive, price_out_of_range, craftsman_email_invalid,"
+        " customer_email_invalid, missing_reference, duplicate_order_key"
     ]
     assert negative.returncode == 2
     assert "--limit must be 0 (all) or a positive number" in negative.stderr

@@ -612,6 +612,39 @@ def test_a_fifth_source_registered_in_config_loads_into_dwh_and_marts(
     ).rows() == [("2024-03", 1, "225.00", "textiles"), ("2024-04", 1, "72.00", "textiles")]
 
 
+def test_a_registered_source_quarantines_dates_out_of_range_of_any_column_type(
+    db: Database, tmp_path: Path
+) -> None:
+    """Rule 7 holds for a source registered in config.toml too, whatever the column
+    type: a `timestamp` completion of infinity, a `date` of 5874897-12-31 and a buyer
+    born at -infinity are quarantined with their source text, and the run goes on."""
+    create_sources(db)
+    create_source4(db, tmp_path)
+    add_source4_sale(db, 1, 1, "fine@shop.example", "Fine", D(2024, 3, 10), "done", 90)
+    add_source4_sale(db, 2, 2, "ts@shop.example", "Ts", D(2024, 3, 10), "done", 90)
+    add_source4_sale(db, 3, 3, "far@shop.example", "Far", D(2024, 3, 10), "done", 90)
+    add_source4_sale(db, 4, 4, "born@shop.example", "Born", D(2024, 3, 10), "done", 90)
+    sql(db, "update source4.shop_orders set finished_on = 'infinity' where sale_no = 2")
+    sql(db, "update source4.shop_orders set placed_on = '5874897-12-31' where sale_no = 3")
+    sql(db, "update source4.shop_people set born = '-infinity' where person_no = 4")
+
+    result = cli("run", "--dsn", db.libpq_uri(), "--json", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sources"]["source4"] == {
+        "read": 4, "loaded": 1, "quarantined": 3
+    }
+    quarantined = query(
+        db, "select source_order_id, reasons, out_of_range, raw ->> out_of_range[1] as text"
+        " from craftmart.quarantine where source_name = 'source4' order by 1",
+    ).rows()
+    assert quarantined == [
+        (2, ["date_out_of_range"], ["order_completion_date"], "infinity"),
+        (3, ["date_out_of_range"], ["order_created_date"], "5874897-12-31"),
+        (4, ["date_out_of_range"], ["customer_birthday"], "-infinity"),
+    ]
+
+
 def test_a_registered_source_ranks_after_the_default_sources_in_ties(
     db: Database, tmp_path: Path
 ) -> None:

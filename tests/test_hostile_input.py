@@ -1,9 +1,10 @@
 """Hostile source data through the real sources: every row is either quarantined with the
 rules it broke or loaded exactly as it was (normalised where the contract says so), rows
-read = rows in f_order + rows in quarantine per source, and no run fails, except a
-value too large for its mart column, which stops the run in one line naming it
-(SPEC §3, docs/reliability.md). Source shape changes are refused before anything is
-written, naming the object (SPEC §7; the basic ones are in ``test_dwh_load.py``).
+read = rows in f_order + rows in quarantine per source, and no source value stops a run
+(SPEC §3 rule 7, docs/reliability.md): dates no reader can decode, infinite dates and
+prices too large for the marts are quarantined with their source text. Source shape
+changes are refused before anything is written, naming the object (SPEC §7; the basic
+ones are in ``test_dwh_load.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from helpers import (
     CRAFTSMAN,
     CUSTOMER,
     ORDER_TABLES,
+    SqlDate,
     add_order,
     create_sources,
     mart,
@@ -37,6 +39,7 @@ from polars.testing import assert_frame_equal
 
 from craftmart_batch._database import Database, connection
 from craftmart_batch.errors import CraftmartError
+from craftmart_batch.transform.validate import DATE_FIELDS, FIRST_DATE, LAST_DATE, MAX_PRICE
 
 D = dt.date
 
@@ -73,6 +76,41 @@ class Case:
     reasons: list[str] | None = None
     #: field -> stored value where it differs from the value put in
     stored: dict[str, Any] = field(default_factory=dict)
+    #: the fields named as out of range (rule 7), in canonical order
+    out_of_range: list[str] = field(default_factory=list)
+
+
+SOURCES = ("source1", "source2", "source3", "external_source")
+
+#: Dates a source can hold that the warehouse cannot (rule 7), as PostgreSQL prints them:
+#: infinite ones, the smallest and largest PostgreSQL allows, BC dates, and the years
+#: just outside 1900-2999.
+DATES_OUT_OF_RANGE = ("infinity", "-infinity", "4714-11-24 BC", "0001-12-31 BC",
+                      "0001-01-01", "1899-12-31", "3000-01-01", "5874897-12-31")
+
+
+def _rule_7_cases() -> list[Case]:
+    """Every date field of every source out of range, and at both ends of the range;
+    prices at and past the maximum, in every source."""
+    cases = []
+    for source in SOURCES:
+        for name in DATE_FIELDS:
+            for text in DATES_OUT_OF_RANGE:
+                cases.append(Case(f"{name}-{text}-{source}", source, {name: SqlDate(text)},
+                                  ["date_out_of_range"], out_of_range=[name]))
+            for edge in (FIRST_DATE, LAST_DATE):
+                # an order date at an edge: the other one too, so neither is before it
+                both = ("order_created_date", "order_completion_date")
+                fields = dict.fromkeys(both if name in both else (name,), edge)
+                cases.append(Case(f"{name}-{edge}-{source}", source, fields))
+        cases += [
+            Case(f"price-zero-{source}", source, {"product_price": 0}, ["price_not_positive"]),
+            Case(f"price-maximum-{source}", source, {"product_price": MAX_PRICE}),
+            *(Case(f"price-{price}-{source}", source, {"product_price": price},
+                   ["price_out_of_range"], out_of_range=["product_price"])
+              for price in (MAX_PRICE + 1, 1_000_000_000, BIGINT_MAX)),
+        ]
+    return cases
 
 
 def _cases() -> list[Case]:
@@ -122,6 +160,7 @@ def _cases() -> list[Case]:
         Case("long-names", "source1", {"customer_name": _long_text(1),
                                        "craftsman_name": _long_text(2),
                                        "customer_address": _long_text(3)}),
+        Case("200kb-description", "source2", {"product_description": _long_text(9, 200_000)}),
         Case("long-product", "source3", {"product_name": _long_text(4),
                                          "product_description": _long_text(5),
                                          "product_type": _long_text(6)}),
@@ -141,33 +180,25 @@ def _cases() -> list[Case]:
              stored={"customer_email": "ünïcödé.ωμέγα@exämple.example"}),
         Case("sqlish-quarantined", "source1", {"order_status": "lost",
                                                "customer_name": SQLISH}, ["status_unknown"]),
-        # dates at the ends of the calendar (without a customer birthday: an age of
-        # thousands of years does not fit avg_age_customer, see the test further down)
-        Case("year-1", "source1", {"order_created_date": D(1, 1, 1),
-                                   "order_completion_date": D(1, 1, 31),
-                                   "craftsman_birthday": D(1, 1, 1),
-                                   "customer_birthday": None}),
-        Case("year-9999", "source2", {"order_created_date": D(9999, 12, 31),
-                                      "order_completion_date": D(9999, 12, 31),
-                                      "craftsman_birthday": D(9999, 12, 31),
-                                      "customer_birthday": None}),
-        Case("year-1-to-9999", "source3", {"order_created_date": D(1, 1, 1),
-                                           "order_completion_date": D(9999, 12, 31),
-                                           "customer_birthday": None}),
         Case("placeholder-birthday", "external_source", {"customer_birthday": D(1900, 1, 1)}),
         Case("completion-before-creation", "source1",
              {"order_created_date": D(2024, 3, 2), "order_completion_date": D(2024, 3, 1)},
              ["completion_before_created"]),
+        # dates out of range are not compared: rule 7 alone, naming both
         Case("completion-a-day-before-year-1", "source2",
              {"order_created_date": D(1, 1, 2), "order_completion_date": D(1, 1, 1)},
-             ["completion_before_created"]),
+             ["date_out_of_range"], out_of_range=["order_created_date", "order_completion_date"]),
+        Case("infinite-and-before", "source3",
+             {"order_created_date": SqlDate("infinity"), "order_completion_date": D(2024, 1, 1),
+              "product_price": MAX_PRICE + 1, "customer_email": "x"},
+             ["date_out_of_range", "price_out_of_range", "customer_email_invalid"],
+             out_of_range=["order_created_date", "product_price"]),
         # prices
         Case("price-zero", "source1", {"product_price": 0}, ["price_not_positive"]),
         Case("price-negative", "source2", {"product_price": -1}, ["price_not_positive"]),
         Case("price-bigint-min", "source3", {"product_price": BIGINT_MIN},
              ["price_not_positive"]),
         Case("price-one", "external_source", {"product_price": 1}),
-        Case("price-largest-that-fits", "source1", {"product_price": 99_999_999}),
         # statuses in other cases and with padding
         Case("status-upper", "source1", {"order_status": "DONE"}, stored={"order_status": "done"}),
         Case("status-padded", "source2", {"order_status": "  In Progress  "},
@@ -187,6 +218,7 @@ def _cases() -> list[Case]:
               "craftsman_email": "y"},
              ["status_unknown", "completion_before_created", "price_not_positive",
               "craftsman_email_invalid", "customer_email_invalid"]),
+        *_rule_7_cases(),
     ]
     for i, case in enumerate(cases):
         # everyone distinct, so each loaded row's attributes are its own
@@ -217,17 +249,21 @@ _ORDER_AS_STORED = """
 """
 
 
-def quarantine_of(db: Database) -> dict[tuple[str, int], tuple[list[str], dict[str, Any]]]:
-    frame = query(db, "select source_name, source_order_id, reasons, raw::text as raw"
-                      " from craftmart.quarantine")
-    return {(r["source_name"], r["source_order_id"]): (r["reasons"], json.loads(r["raw"]))
+def quarantine_of(
+    db: Database,
+) -> dict[tuple[str, int], tuple[list[str], dict[str, Any], list[str]]]:
+    """(source, key) -> (reasons, raw values, fields out of range) of each quarantined row."""
+    frame = query(db, "select source_name, source_order_id, reasons, raw::text as raw,"
+                      " out_of_range from craftmart.quarantine")
+    return {(r["source_name"], r["source_order_id"]):
+            (r["reasons"], json.loads(r["raw"]), r["out_of_range"])
             for r in frame.iter_rows(named=True)}
 
 
 _NUMERIC = {
     "customer_money": pl.Decimal(15, 2), "craftsman_money": pl.Decimal(15, 2),
     "platform_money": pl.Decimal(15, 2), "avg_price_order": pl.Decimal(10, 2),
-    "avg_age_customer": pl.Decimal(4, 1), "median_time_order_completed": pl.Decimal(10, 1),
+    "avg_age_customer": pl.Decimal(5, 1), "median_time_order_completed": pl.Decimal(10, 1),
 }
 
 
@@ -321,8 +357,9 @@ def test_a_catalogue_of_hostile_rows_is_quarantined_with_its_reasons_or_loaded_e
         key = (case.source, keys[case.name])
         if case.reasons is not None:
             assert key in found, case.name
-            reasons, raw = found[key]
+            reasons, raw, out_of_range = found[key]
             assert reasons == case.reasons, case.name
+            assert out_of_range == case.out_of_range, case.name
             for name, value in case.fields.items():
                 expected = value.isoformat() if isinstance(value, dt.date) else value
                 assert raw[name] == expected, (case.name, name)
@@ -378,7 +415,7 @@ def test_one_person_spelled_in_other_cases_and_padding_across_sources_is_one_row
     assert query(db, "select count_order from marts.customer_report_datamart").rows() == [(3,)]
 
 
-# --------------------------------------------------------------------------- too large for a mart
+# --------------------------------------------------------------------------- once fatal values
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -386,66 +423,143 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-#: Valid source rows whose mart values cannot fit their numeric columns, with the value
-#: and column the error must name. The order is created in January 2024 unless it says.
-TOO_LARGE = {
-    "price-bigint-max": ({"product_price": BIGINT_MAX},
-                         f"{CUSTOMER}.customer_money = {BIGINT_MAX}.00"),
-    "price-1e8": ({"product_price": 100_000_000},
-                  f"{CUSTOMER}.avg_price_order = 100000000.00"),
-    "birthday-year-1": ({"customer_birthday": D(1, 1, 1)},
-                        f"{CRAFTSMAN}.avg_age_customer = 2023.0"),
-    "birthday-year-9999": ({"customer_birthday": D(9999, 12, 31)},
-                           f"{CRAFTSMAN}.avg_age_customer = -7975.0"),
-    "order-in-year-24": ({"order_created_date": D(24, 1, 5)},
-                         f"{CRAFTSMAN}.avg_age_customer = -1966.0"),
+#: Valid-looking rows that real databases hold and that once stopped every run (a value
+#: connectorx could not decode, or one too large for a mart column): the field and the
+#: value as the source holds it, the rule, and the raw text quarantine shows.
+ONCE_FATAL = {
+    "created-year-5874897": ("order_created_date", SqlDate("5874897-12-31"),
+                             "date_out_of_range", "5874897-12-31"),
+    "created-year-1": ("order_created_date", SqlDate("0001-01-01"), "date_out_of_range",
+                       "0001-01-01"),
+    "birthday-minus-infinity": ("customer_birthday", SqlDate("-infinity"),
+                                "date_out_of_range", "-infinity"),
+    "birthday-infinity": ("customer_birthday", SqlDate("infinity"), "date_out_of_range",
+                          "infinity"),
+    "created-infinity": ("order_created_date", SqlDate("infinity"), "date_out_of_range",
+                         "infinity"),
+    "price-bigint-max": ("product_price", BIGINT_MAX, "price_out_of_range", BIGINT_MAX),
+    "price-1e9": ("product_price", 1_000_000_000, "price_out_of_range", 1_000_000_000),
 }
 
 
-def test_a_value_too_large_for_its_mart_column_stops_the_run_in_one_line(
+def test_values_that_once_stopped_every_run_are_quarantined_and_the_run_goes_on(
     db: Database, tmp_path: Path
 ) -> None:
-    """A valid order whose mart value cannot fit the column's numeric type (a price of
-    10^8 or more; a birthday, or a mistyped order year, that makes an age of 1000 years
-    or more) is never truncated, wrapped or dropped: the run stops before writing
-    anything, exit 2, one line naming the mart, column, value, entity (with its email)
-    and month. Fixed in the source, the next run loads it."""
+    """Each value that used to stop every run with exit 2 now quarantines its row: the
+    command exits 0, every other row loads, `quarantine` shows the rule, the field and
+    the raw value as the source has it, and rows read = loaded + quarantined. Fixed in
+    the source, each row loads on the next run; the marts equal the oracle and --full."""
     create_sources(db)
-    add_order(db, "source1", customer_email="fine@buyer.example")
-    run(db)
-    for case, (fields, named) in TOO_LARGE.items():
-        before = warehouse_state(db)
-        key = add_order(db, "source3", **{"customer_email": f"{case}@buyer.example",
+    fine = add_order(db, "source3", customer_email="fine@buyer.example")
+    keys = {
+        case: add_order(db, "source3", **{"customer_email": f"{case}@buyer.example",
                                           "craftsman_email": f"{case}@craft.example",
-                                          "order_created_date": D(2024, 1, 5), **fields})
-        created = fields.get("order_created_date", D(2024, 1, 5))
-        expected = (f"marts.{named} does not fit numeric(", f", report_period "
-                    f"{created.year:04d}-{created.month:02d} (", f"{case}@")
-        if case == "price-bigint-max":  # the command line: exit 2 and one line
-            result = cli("run", "--dsn", db.libpq_uri(), "--json", cwd=tmp_path)
-            assert result.returncode == 2, result.stderr
-            assert result.stdout == ""
-            lines = result.stderr.splitlines()
-            assert len(lines) == 1, result.stderr
-            assert lines[0].startswith("craftmart-batch: error: ")
-            message = lines[0]
-        else:
-            with pytest.raises(CraftmartError) as error:
-                run(db)
-            message = str(error.value)
-            assert "\n" not in message
-        assert all(part in message for part in expected), (case, message)
-        assert warehouse_state(db) == before, case
+                                          name: value})
+        for case, (name, value, _, _) in ONCE_FATAL.items()
+    }
+    dsn = ("--dsn", db.libpq_uri())
+    result = cli("run", *dsn, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["sources"]["source3"] == {"read": 1 + len(ONCE_FATAL), "loaded": 1,
+                                            "quarantined": len(ONCE_FATAL)}
+    assert query(db, "select source_order_id from dwh.f_order").to_series().to_list() == [fine]
 
-        if "product_price" in fields:
-            sql(db, "update source3.craft_market_orders set product_price = 5"
-                    " where order_id = $1", (key,))
-        else:
-            sql(db, "update source3.craft_market_customers set customer_birthday = null"
-                    " where customer_email = $1", (f"{case}@buyer.example",))
-        assert run(db).sources["source3"]["quarantined"] == 0
-    assert query(db, "select count(*) from dwh.f_order where source_name = 'source3'"
-                 ).item() == len(TOO_LARGE)
+    listed = json.loads(cli("quarantine", *dsn, "--json", "--limit", "0", cwd=tmp_path).stdout)
+    by_key = {row["source_order_id"]: row for row in listed}
+    for case, (name, _, rule, raw) in ONCE_FATAL.items():
+        row = by_key[keys[case]]
+        assert (row["reasons"], row["out_of_range"], row["raw"][name]) == (
+            [rule], [name], raw), case
+    table = cli("quarantine", *dsn, "--rule", "date_out_of_range", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    for text in ("customer_birthday=-infinity", "order_created_date=5874897-12-31",
+                 "order_created_date=0001-01-01"):
+        assert text in table.stdout, table.stdout
+
+    # fixed in the source: every row loads on the next run and leaves quarantine
+    for case, (name, _, _, _) in ONCE_FATAL.items():
+        table_of = {"customer_birthday": "source3.craft_market_customers"}.get(
+            name, "source3.craft_market_orders")
+        fixed = {"product_price": "5", "customer_birthday": "'1990-05-06'"}.get(
+            name, "'2024-02-01'")
+        where = ("customer_email = $1" if name == "customer_birthday" else "order_id = $1")
+        sql(db, f"update {table_of} set {name} = {fixed} where {where}",
+            (f"{case}@buyer.example",) if name == "customer_birthday" else (keys[case],))
+    after = run(db)
+    assert after.sources["source3"] == {"read": 1 + len(ONCE_FATAL),
+                                        "loaded": 1 + len(ONCE_FATAL), "quarantined": 0}
+    assert query(db, "select count(*) from craftmart.quarantine").item() == 0
+    assert_marts_equal_oracle_and_full(db)
+
+
+def test_a_bad_value_in_a_joined_row_quarantines_every_order_that_joins_to_it(
+    db: Database,
+) -> None:
+    """A source2 product priced past the maximum, a source3 customer born at -infinity
+    and an external_source customer born in 5874897: each quarantines both orders that
+    join to it (and nothing else); fixed, both load; broken again, both leave the DWH
+    and the marts. The marts equal the oracle and --full at every step."""
+    create_sources(db)
+    add_order(db, "source1", customer_email="bystander@buyer.example")
+    first = {
+        "source2": add_order(db, "source2", customer_email="s2@buyer.example",
+                             craftsman_email="s2@craft.example"),
+        "source3": add_order(db, "source3", customer_email="s3@buyer.example",
+                             craftsman_email="s3@craft.example"),
+        "external_source": add_order(db, "external_source", customer_email="ext@buyer.example",
+                                     craftsman_email="ext@craft.example"),
+    }
+    # a second order joined to the same product / customer row
+    sql(db, "insert into source2.craft_market_orders_customers (craftsman_id, product_id,"
+            " order_created_date, order_status, customer_address, customer_email)"
+            " select craftsman_id, product_id, date '2024-02-02', 'done', 'x',"
+            " 'other2@buyer.example' from source2.craft_market_orders_customers"
+            " where order_id = $1", (first["source2"],))
+    sql(db, "insert into source3.craft_market_orders (craftsman_id, customer_id,"
+            " order_created_date, order_status, product_name, product_description,"
+            " product_type, product_price) select craftsman_id, customer_id,"
+            " date '2024-02-02', 'done', 'Bowl', 'A bowl', 'ceramics', 7"
+            " from source3.craft_market_orders where order_id = $1", (first["source3"],))
+    sql(db, "insert into external_source.craft_products_orders (craftsman_name,"
+            " craftsman_address, craftsman_birthday, craftsman_email, product_name,"
+            " product_description, product_type, product_price, order_created_date,"
+            " order_status, customer_id) select craftsman_name, craftsman_address,"
+            " craftsman_birthday, craftsman_email, 'Bowl', 'A bowl', 'ceramics', 7,"
+            " date '2024-02-02', 'done', customer_id from external_source.craft_products_orders"
+            " where order_id = $1", (first["external_source"],))
+    breakers = {
+        "source2": ("update source2.craft_market_masters_products set product_price = $1"
+                    " where craftsman_email = 's2@craft.example'", MAX_PRICE + 1, 100),
+        "source3": ("update source3.craft_market_customers set customer_birthday = $1::date"
+                    " where customer_email = 's3@buyer.example'", "-infinity", "1990-05-06"),
+        "external_source": ("update external_source.customers set customer_birthday = $1::date"
+                            " where customer_email = 'ext@buyer.example'", "5874897-12-31",
+                            "1990-05-06"),
+    }
+    run(db)
+    assert query(db, "select count(*) from dwh.f_order").item() == 7
+
+    def quarantined_orders() -> dict[str, int]:
+        counted = query(db, "select source_name, count(*) as n from craftmart.quarantine"
+                            " group by source_name")
+        return dict(counted.iter_rows())
+
+    for statement, bad, _ in breakers.values():
+        sql(db, statement, (bad,))
+    broken = run(db)
+    assert quarantined_orders() == {"source2": 2, "source3": 2, "external_source": 2}
+    assert query(db, "select count(*) from dwh.f_order").item() == 1
+    assert broken.sources["source1"] == {"read": 1, "loaded": 1, "quarantined": 0}
+    assert query(db, "select count(*) from dwh.d_customer where customer_email in"
+                     " ('s3@buyer.example', 'ext@buyer.example')").item() == 0
+    assert_marts_equal_oracle_and_full(db)
+
+    for statement, _, good in breakers.values():
+        sql(db, statement, (good,))
+    run(db)
+    assert quarantined_orders() == {}
+    assert query(db, "select count(*) from dwh.f_order").item() == 7
     assert_marts_equal_oracle_and_full(db)
 
 

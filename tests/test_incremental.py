@@ -41,7 +41,7 @@ from helpers import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oracle import expected_craftsman_mart, expected_customer_mart
+from oracle import expected_craftsman_mart, expected_customer_mart, expected_order_validity
 from polars.testing import assert_frame_equal
 
 from craftmart_batch import extract, pipeline, refresh
@@ -292,7 +292,32 @@ def assert_full_run_changes_nothing(db: Database, config: Path | None = None) ->
         assert_frame_equal(mart(db, name), before[name])
 
 
+def assert_orders_match_validity_oracle(db: Database) -> None:
+    """The DWH holds exactly the order keys with a valid source row (the SQL oracle of
+    SPEC §3), and quarantine every other source row: nothing lost, nothing extra."""
+    with connection(db) as conn:
+        expected = expected_order_validity(conn)
+    loaded = query(db, "select source_name, source_order_id from dwh.f_order")
+    quarantined = query(db, "select source_name, source_order_id, count(*) as quarantined"
+                            " from craftmart.quarantine group by 1, 2")
+    key = ["source_name", "source_order_id"]
+    assert_frame_equal(
+        loaded.sort(key),
+        expected.filter("has_valid_row").select(key).sort(key),
+        check_dtypes=False,
+    )
+    assert_frame_equal(
+        quarantined.sort(key),
+        expected.select(
+            *key, (pl.col("source_rows") - pl.col("has_valid_row").cast(pl.Int64))
+            .alias("quarantined"),
+        ).filter(pl.col("quarantined") > 0).sort(key),
+        check_dtypes=False,
+    )
+
+
 def assert_incremental_is_full(db: Database, make_db: Callable[[], Database]) -> None:
+    assert_orders_match_validity_oracle(db)
     assert_marts_match_rebuild(db)
     assert_same_as_fresh_load(db, make_db)
     assert_full_run_changes_nothing(db)
@@ -1006,7 +1031,8 @@ CHANGES: dict[str, st.SearchStrategy[Any]] = {
 
 #: Ways to break a valid order (SPEC §3).
 BREAKS = ("status", "price", "customer_email", "craftsman_email", "created_null",
-          "completion_before", "missing_reference")
+          "completion_before", "missing_reference", "price_too_large", "completion_infinite",
+          "created_undecodable", "created_year_3000")
 
 
 @st.composite
@@ -1062,6 +1088,14 @@ def _break(db: Database, source: str, key: int, how: str) -> None:
         set_field(db, source, key, "craftsman_email", "two@@ats")
     elif how == "created_null":
         set_field(db, source, key, "order_created_date", None)
+    elif how == "price_too_large":
+        set_field(db, source, key, "product_price", 10_000_001)
+    elif how == "completion_infinite":
+        set_field(db, source, key, "order_completion_date", "infinity")
+    elif how == "created_undecodable":
+        set_field(db, source, key, "order_created_date", "5874897-12-31")
+    elif how == "created_year_3000":
+        set_field(db, source, key, "order_created_date", "3000-01-01")
     elif how == "completion_before":
         table, where = _order_row(source, "order_created_date")
         sql(db, f"update {table} set order_created_date = coalesce(order_created_date,"
@@ -1077,7 +1111,8 @@ def _fix(db: Database, source: str, key: int) -> None:
     set_field(db, source, key, "order_status", "done")
     set_field(db, source, key, "product_price", 42)
     table, where = _order_row(source, "order_created_date")
-    sql(db, f"update {table} set order_created_date = coalesce(order_created_date, $1::date),"
+    sql(db, f"update {table} set order_created_date = case when order_created_date between"
+            f" '1900-01-01' and '2999-12-31' then order_created_date else $1::date end,"
             f" order_completion_date = null where {where}", (DATES[3], key))
     for person, fallback in (("customer", "b@buyer.example"), ("craftsman", "k2@craft.example")):
         table, where = _order_row(source, f"{person}_email")

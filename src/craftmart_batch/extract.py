@@ -12,6 +12,7 @@ import polars as pl
 from ._database import Database, first_line, quote_ident, quote_literal, redact
 from .config import CANONICAL_FIELDS, ORDER_TABLE_ALIAS, Source
 from .errors import CraftmartError
+from .transform.validate import FIRST_DATE, LAST_DATE, OUT_OF_RANGE
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ CANONICAL_SCHEMA: dict[str, pl.DataType] = {
     },
     # comma-separated names of required joins that found no row; null when all did
     "missing_reference": pl.String(),
+    # JSON object of the date fields out of range (read as null): field -> source text
+    OUT_OF_RANGE: pl.String(),
 }
 
 _ACCEPTED_TYPES = {
@@ -34,6 +37,8 @@ _ACCEPTED_TYPES = {
     "integer": {"smallint", "integer", "bigint"},
 }
 _SQL_CAST = {"date": "date", "text": "text", "integer": "bigint"}
+_FIRST_DATE = f"date {quote_literal(FIRST_DATE.isoformat())}"
+_LAST_DATE = f"date {quote_literal(LAST_DATE.isoformat())}"
 
 
 def check_sources(conn: Any, sources: Sequence[Source]) -> None:
@@ -108,6 +113,11 @@ def source_query(source: Source, where: str = "") -> str:
 
     Joins are left joins, so an order whose joined row is missing is still read (and
     then quarantined): rows read always equals rows in the order table.
+
+    A date outside the range the warehouse holds (SPEC §3 rule 7: infinite ones, BC
+    ones, and years no reader can decode such as 5874897) is read as null, and its text
+    as the source has it goes into ``out_of_range`` (a JSON object, field -> text; null
+    when every date is in range). So no value a source can hold fails the read.
     """
     schema = quote_ident(source.schema)
 
@@ -119,9 +129,14 @@ def source_query(source: Source, where: str = "") -> str:
         f"{int(source.rank)}::integer as source_rank",
         f"{ref(ORDER_TABLE_ALIAS, source.key)}::bigint as source_order_id",
     ]
+    in_range: list[tuple[str, str, str]] = []  # (field, its condition, its source text)
     for canonical, alias, column in source.columns:
-        cast = _SQL_CAST[CANONICAL_FIELDS[canonical]]
-        select.append(f"{ref(alias, column)}::{cast} as {quote_ident(canonical)}")
+        value = f"{ref(alias, column)}::{_SQL_CAST[CANONICAL_FIELDS[canonical]]}"
+        if CANONICAL_FIELDS[canonical] == "date":
+            condition = f"coalesce({value} between {_FIRST_DATE} and {_LAST_DATE}, true)"
+            in_range.append((canonical, condition, f"{ref(alias, column)}::text"))
+            value = f"case when {condition} then {value} end"
+        select.append(f"{value} as {quote_ident(canonical)}")
     missing = [
         f"case when {ref(join.name, join.on[0][1])} is null then {quote_literal(join.name)} end"
         for join in source.joins
@@ -131,6 +146,15 @@ def source_query(source: Source, where: str = "") -> str:
         if missing
         else "null::text as missing_reference"
     )
+    if in_range:
+        # the object is built only for the rare row with a date out of range
+        all_in_range = " and ".join(condition for _, condition, _ in in_range)
+        pairs = ", ".join(f"{quote_literal(name)}, case when not {condition} then {text} end"
+                          for name, condition, text in in_range)
+        select.append(f"case when not ({all_in_range}) then"
+                      f" json_strip_nulls(json_build_object({pairs}))::text end as {OUT_OF_RANGE}")
+    else:
+        select.append(f"null::text as {OUT_OF_RANGE}")
     lines = [
         "select",
         "    " + ",\n    ".join(select),

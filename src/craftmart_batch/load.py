@@ -524,7 +524,7 @@ def write_quarantine(
     staged = stage(
         conn,
         "stage_quarantine",
-        quarantine.with_columns(pl.col("reasons").list.join(",")),
+        quarantine.with_columns(pl.col("reasons", "out_of_range").list.join(",")),
     )
     # raw holds the source key too: equal raw rows are rows of the same order
     same_row = """
@@ -573,13 +573,14 @@ def write_quarantine(
         f"""
         with arrived as (
             insert into craftmart.quarantine (
-                source_name, source_order_id, reasons, raw, first_seen
+                source_name, source_order_id, reasons, raw, out_of_range, first_seen
             )
             select
                 staged.source_name,
                 staged.source_order_id,
                 string_to_array(staged.reasons, ','),
                 staged.raw::jsonb,
+                string_to_array(staged.out_of_range, ','),
                 {RUN_TS}
             from {staged} as staged
             where not exists (select from craftmart.quarantine as q where {same_row})

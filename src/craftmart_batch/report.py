@@ -131,7 +131,7 @@ def quarantine_listing(
             conn,
             """
             with matching_rows as (
-                select source_name, source_order_id, reasons, raw, first_seen
+                select source_name, source_order_id, reasons, out_of_range, raw, first_seen
                 from craftmart.quarantine
                 where ($1::text is null or source_name = $1::text)
                     and ($2::text is null or $2::text = any(reasons))
@@ -140,6 +140,11 @@ def quarantine_listing(
                 source_name,
                 source_order_id,
                 array_to_string(reasons, ',') as reasons,
+                array_to_string(out_of_range, ',') as out_of_range_fields,
+                (
+                    select string_agg(field || '=' || coalesce(raw ->> field, 'null'), ', ')
+                    from unnest(out_of_range) as field
+                ) as out_of_range,
                 raw::text as raw,
                 first_seen::text as first_seen,
                 count(*) over () as total
@@ -153,13 +158,14 @@ def quarantine_listing(
     frame = frame.drop("total")
     if as_json:
         return json.dumps(
-            [{**row, "raw": json.loads(row["raw"]), "reasons": row["reasons"].split(",")}
+            [{**row, "raw": json.loads(row["raw"]), "reasons": row["reasons"].split(","),
+              "out_of_range": [f for f in row.pop("out_of_range_fields").split(",") if f]}
              for row in frame.iter_rows(named=True)],
             indent=2,
         )
     if frame.is_empty():
         return "quarantine is empty" + (" for this filter" if source or rule else "")
-    shown = _table(frame)
+    shown = _table(frame.drop("out_of_range_fields"))
     if total > frame.height:
         shown += f"\n{frame.height} of {total} rows shown (--limit 0 shows all)"
     return shown

@@ -22,6 +22,7 @@ VALID_ROW: dict[str, Any] = {
     **DEFAULT_ORDER,
     "order_created_date": dt.date(2024, 3, 10),
     "missing_reference": None,
+    "out_of_range": None,
 }
 
 

@@ -16,6 +16,7 @@ from polars.testing import assert_frame_equal
 
 from craftmart_batch.errors import CraftmartError
 from craftmart_batch.transform import marts
+from craftmart_batch.transform.validate import FIRST_DATE, LAST_DATE, MAX_PRICE
 
 MARCH = dt.date(2024, 3, 5)
 
@@ -89,7 +90,7 @@ def test_columns_are_the_mart_tables_columns_in_table_order() -> None:
 
 
 def test_dtypes_are_the_mart_column_types() -> None:
-    """Money is Decimal(15,2), averages Decimal(10,2)/(4,1), the median Decimal(10,1)."""
+    """Money is Decimal(15,2), averages Decimal(10,2)/(5,1), the median Decimal(10,1)."""
     customer = marts.customer_report(orders({}))
     craftsman = marts.craftsman_report(orders({}))
     assert customer.schema == marts.MART_SCHEMAS["customer_report_datamart"]
@@ -97,7 +98,7 @@ def test_dtypes_are_the_mart_column_types() -> None:
     assert customer.schema["customer_money"] == pl.Decimal(15, 2)
     assert customer.schema["avg_price_order"] == pl.Decimal(10, 2)
     assert customer.schema["median_time_order_completed"] == pl.Decimal(10, 1)
-    assert craftsman.schema["avg_age_customer"] == pl.Decimal(4, 1)
+    assert craftsman.schema["avg_age_customer"] == pl.Decimal(5, 1)
     assert customer.schema["top_craftsman_id"] == pl.Int64
 
 
@@ -439,22 +440,31 @@ def test_the_largest_values_that_fit_are_no_error() -> None:
     assert row["avg_price_order"] == Decimal("99999999.00")
 
 
-def test_an_average_age_of_a_thousand_years_is_an_error() -> None:
-    """A customer born in year 1 ordering in 2024 is 2023: out of numeric(4,1)."""
-    with pytest.raises(CraftmartError, match=r"avg_age_customer .*craftsman_id 10, "
-                                             r"report_period 2024-03"):
-        marts.craftsman_report(orders({"customer_birthday": dt.date(1, 1, 1)}))
+@pytest.mark.parametrize(
+    ("created", "birthday", "age"),
+    [
+        (LAST_DATE, FIRST_DATE, "1099.0"),  # the oldest customer rule 7 lets through
+        (FIRST_DATE, LAST_DATE, "-1099.0"),  # born 1,099 years after the order
+        (dt.date(2999, 3, 5), dt.date(2000, 1, 1), "999.0"),
+    ],
+)
+def test_the_extreme_ages_of_valid_rows_fit_avg_age_customer(
+    created: dt.date, birthday: dt.date, age: str
+) -> None:
+    """Dates from 1900 to 2999 make ages of up to ±1,099 years: numeric(5,1) holds them."""
+    assert age_on(created, birthday) == Decimal(age)
 
 
-def test_a_negative_age_too_large_is_an_error() -> None:
-    """A birthday 1000 years after the order is out of numeric(4,1) too."""
-    with pytest.raises(CraftmartError, match="avg_age_customer"):
-        marts.craftsman_report(orders({"customer_birthday": dt.date(3024, 3, 5)}))
-
-
-def test_an_age_just_below_a_thousand_fits() -> None:
-    """999 years is the largest whole age that fits numeric(4,1)."""
-    assert age_on(dt.date(2999, 3, 5), dt.date(2000, 1, 1)) == Decimal("999.0")
+def test_a_million_orders_at_the_maximum_price_less_one_fit_one_month() -> None:
+    """999,999 orders at 10,000,000 in one customer's month: 9,999,990,000,000.00, the
+    largest sum of whole orders numeric(15,2) holds (a million would be 10**13)."""
+    frame = orders({"product_price": MAX_PRICE}).select(
+        pl.all().repeat_by(999_999).explode()
+    )
+    row = customer_row_of(frame)
+    assert row["customer_money"] == Decimal("9999990000000.00")
+    assert row["avg_price_order"] == Decimal("10000000.00")
+    assert row["count_order"] == 999_999
 
 
 # --- properties -----------------------------------------------------------------------
@@ -499,3 +509,50 @@ def test_every_order_is_counted_once_in_each_mart(rows: list[dict[str, Any]]) ->
     assert sum(customer["customer_money"].to_list()) == total
     assert sum(craftsman["craftsman_money"].to_list()) + sum(
         craftsman["platform_money"].to_list()) == total
+
+
+#: Dates at and next to the edges of rule 7, and one in the middle.
+EDGE_DATES = st.sampled_from([
+    FIRST_DATE, dt.date(1900, 1, 31), dt.date(1900, 2, 28), dt.date(2000, 2, 29),
+    dt.date(2999, 12, 1), dt.date(2999, 12, 30), LAST_DATE,
+]) | st.dates(FIRST_DATE, LAST_DATE)
+
+EXTREME_VALID_ORDERS = st.lists(
+    st.fixed_dictionaries({
+        "customer_id": st.integers(1, 2),
+        "craftsman_id": st.integers(1, 2),
+        "order_created_date": EDGE_DATES,
+        "order_completion_date": st.none() | st.just(LAST_DATE),
+        "order_status": st.sampled_from(["created", "in progress", "delivery", "done"]),
+        "product_price": st.sampled_from([1, MAX_PRICE - 1, MAX_PRICE]) | st.integers(1, MAX_PRICE),
+        "customer_birthday": st.none() | EDGE_DATES,
+        # how many copies of the order: many orders in one month
+        "copies": st.sampled_from([1, 2, 1_000, 50_000]),
+    }),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=EXTREME_VALID_ORDERS)
+def test_no_valid_row_overflows_a_mart_column(rows: list[dict[str, Any]]) -> None:
+    """Orders that rule 7 admits, at its extremes (first and last dates, the maximum
+    price, tens of thousands of orders in one month), always fit every mart column:
+    both reports compute, with exact money and every order counted once."""
+    frame = orders(*(
+        {k: v for k, v in r.items() if k != "copies"}
+        | {"craftsman_email": f"m{r['craftsman_id']}@x"}
+        for r in rows
+    ))
+    copies = pl.Series([r["copies"] for r in rows])
+    frame = frame.select(pl.all().repeat_by(copies).explode())
+    total = sum(r["product_price"] * r["copies"] for r in rows)
+    customer = marts.customer_report(frame)
+    craftsman = marts.craftsman_report(frame)
+    assert customer["count_order"].sum() == craftsman["count_order"].sum() == frame.height
+    assert sum(customer["customer_money"].to_list()) == total
+    assert sum(craftsman["craftsman_money"].to_list()) + sum(
+        craftsman["platform_money"].to_list()) == total
+    ages = craftsman["avg_age_customer"].drop_nulls()
+    assert ages.is_empty() or ages.abs().max() <= Decimal("1099.0")

@@ -13,7 +13,16 @@ from helpers import DEFAULT_ORDER
 
 from craftmart_batch.config import CANONICAL_FIELDS
 from craftmart_batch.extract import CANONICAL_SCHEMA
-from craftmart_batch.transform.validate import DUPLICATE_RULE, RULE_NAMES, RULES, validate
+from craftmart_batch.transform.validate import (
+    DATE_FIELDS,
+    DUPLICATE_RULE,
+    FIRST_DATE,
+    LAST_DATE,
+    MAX_PRICE,
+    RULE_NAMES,
+    RULES,
+    validate,
+)
 
 CREATED = dt.date(2024, 3, 10)
 
@@ -25,6 +34,7 @@ VALID_ROW: dict[str, Any] = {
     **DEFAULT_ORDER,
     "order_created_date": CREATED,
     "missing_reference": None,
+    "out_of_range": None,
 }
 
 #: For each rule: overrides of VALID_ROW that break that rule and no other.
@@ -33,7 +43,10 @@ BREAKERS: dict[str, dict[str, Any]] = {
     "created_date_missing": {"order_created_date": None},
     "status_unknown": {"order_status": "shipped"},
     "completion_before_created": {"order_completion_date": CREATED - dt.timedelta(days=1)},
+    "date_out_of_range": {"customer_birthday": None,
+                          "out_of_range": '{"customer_birthday": "infinity"}'},
     "price_not_positive": {"product_price": 0},
+    "price_out_of_range": {"product_price": 10_000_001},
     "craftsman_email_invalid": {"craftsman_email": "ann@@craft.example"},
     "customer_email_invalid": {"customer_email": "bob buyer@example"},
     "missing_reference": {"missing_reference": "craft_market_masters_products"},
@@ -67,7 +80,8 @@ def test_valid_row_is_valid_and_kept_as_read() -> None:
     """A row breaking no rule is valid, with every canonical column as read."""
     valid, quarantine = validate(canonical(VALID_ROW))
     assert quarantine.is_empty()
-    expected = {k: v for k, v in VALID_ROW.items() if k != "missing_reference"}
+    expected = {k: v for k, v in VALID_ROW.items()
+                if k not in ("missing_reference", "out_of_range")}
     assert valid.to_dicts() == [expected]
 
 
@@ -85,8 +99,9 @@ def test_each_rule_broken_alone_gives_exactly_that_reason(rule: str) -> None:
 def test_several_rules_broken_give_all_reasons_in_rule_order() -> None:
     """Every combination of broken rules is reported in full, in RULE_NAMES order.
 
-    The one exception is by definition: a row without a created date cannot also have
-    its completion before it.
+    The exceptions are by definition: a row without a created date cannot also have
+    its completion before it, and a price cannot be both too small and too large (the
+    later breaker's price wins).
     """
     rules = list(BREAKERS)
     combos = [combo for n in range(2, len(rules) + 1) for combo in itertools.combinations(rules, n)]
@@ -111,6 +126,8 @@ def expected_reasons(broken: tuple[str, ...]) -> list[str]:
     # without a created date there is nothing for the completion date to be before
     if "created_date_missing" in broken:
         broken = tuple(r for r in broken if r != "completion_before_created")
+    if "price_out_of_range" in broken:
+        broken = tuple(r for r in broken if r != "price_not_positive")
     return [r for r in RULE_NAMES if r in broken]
 
 
@@ -224,11 +241,63 @@ def test_price_zero_negative_or_missing_is_invalid(price: int | None) -> None:
     assert single_reasons(row(product_price=price)) == ["price_not_positive"]
 
 
-@pytest.mark.parametrize("price", [1, 2**62])
-def test_positive_price_is_valid(price: int) -> None:
-    """The smallest and a huge positive price are both valid."""
+@pytest.mark.parametrize("price", [1, MAX_PRICE])
+def test_a_price_from_one_to_the_maximum_is_valid(price: int) -> None:
+    """The smallest positive price and the largest the warehouse holds are both valid."""
     valid, _ = validate(canonical(row(product_price=price)))
     assert valid["product_price"].to_list() == [price]
+
+
+@pytest.mark.parametrize("price", [MAX_PRICE + 1, 2**62, 2**63 - 1])
+def test_a_price_above_the_maximum_is_price_out_of_range_naming_the_field(price: int) -> None:
+    """A price above 10,000,000 is quarantined as price_out_of_range, naming
+    product_price, with the price as it was."""
+    valid, quarantine = validate(canonical(row(product_price=price)))
+    assert valid.is_empty()
+    assert quarantine["reasons"].to_list() == [["price_out_of_range"]]
+    assert quarantine["out_of_range"].to_list() == [["product_price"]]
+    assert json.loads(quarantine["raw"][0])["product_price"] == price
+
+
+@pytest.mark.parametrize("field", DATE_FIELDS)
+@pytest.mark.parametrize("text", ["infinity", "-infinity", "5874897-12-31", "4714-11-24 BC",
+                                  "1899-12-31", "3000-01-01"])
+def test_a_date_read_out_of_range_is_date_out_of_range_with_its_source_text(
+    field: str, text: str
+) -> None:
+    """A date the source held out of range (read as null, its text in out_of_range) is
+    quarantined as date_out_of_range alone (not as a missing created date), naming the
+    field, with the source's text in raw."""
+    r = row(**{field: None, "out_of_range": json.dumps({field: text})})
+    valid, quarantine = validate(canonical(r))
+    assert valid.is_empty()
+    assert quarantine["reasons"].to_list() == [["date_out_of_range"]]
+    assert quarantine["out_of_range"].to_list() == [[field]]
+    assert json.loads(quarantine["raw"][0])[field] == text
+
+
+def test_every_date_out_of_range_is_named_and_in_range_dates_keep_their_iso_text() -> None:
+    """Two dates out of range are both named, in canonical order; the raw JSON of an
+    in-range date is its ISO text, as before rule 7."""
+    r = row(order_completion_date=None, customer_birthday=None,
+            out_of_range=json.dumps({"customer_birthday": "-infinity",
+                                     "order_completion_date": "infinity"}))
+    _, quarantine = validate(canonical(r))
+    assert quarantine["out_of_range"].to_list() == [["order_completion_date",
+                                                      "customer_birthday"]]
+    raw = json.loads(quarantine["raw"][0])
+    assert raw["order_created_date"] == CREATED.isoformat()
+    assert (raw["order_completion_date"], raw["customer_birthday"]) == ("infinity", "-infinity")
+
+
+@pytest.mark.parametrize("date", [FIRST_DATE, LAST_DATE])
+def test_the_first_and_last_dates_the_warehouse_holds_are_valid(date: dt.date) -> None:
+    """1900-01-01 and 2999-12-31, in any date field, keep a row valid."""
+    r = row(order_created_date=date, order_completion_date=date, craftsman_birthday=date,
+            customer_birthday=date)
+    valid, quarantine = validate(canonical(r))
+    assert quarantine.is_empty()
+    assert valid["customer_birthday"].to_list() == [date]
 
 
 @pytest.mark.parametrize("missing", ["craft_market_masters_products", "c,cu"])
