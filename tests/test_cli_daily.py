@@ -226,6 +226,11 @@ def test_history_lists_runs_newest_first_with_rows_and_stage_seconds(
     assert runs[0]["run_id"] > runs[1]["run_id"]
     latest, earliest = runs
     assert earliest["mode"] == latest["mode"] == "incremental"
+    assert (earliest["pull"], earliest["pull_reason"]) == ("everything", "first_run")
+    assert (latest["pull"], latest["pull_reason"]) == ("changes", None)
+    assert earliest["marts_full"] == {"customer_report_datamart": "first_refresh",
+                                      "craftsman_report_datamart": "first_refresh"}
+    assert latest["marts_full"] == {}
     assert earliest["rows"] == {"read": 7, "loaded": 3, "quarantined": 4, "inserted": 3 + 2 + 1 + 1,
                                 "updated": 0, "deleted": 0}
     assert latest["rows"]["inserted"] == 0
@@ -242,8 +247,8 @@ def test_history_lists_runs_newest_first_with_rows_and_stage_seconds(
     assert limited.returncode == 0, limited.stderr
     table = limited.stdout.split("seconds per stage:")[0]
     assert len(re.findall(r"^\| \d+ ", table, re.MULTILINE)) == 1
-    assert re.search(rf"^\| {latest['run_id']} +\| \S+ \S+ +\| [\d.]+ +\| incremental \| success",
-                     table, re.MULTILINE)
+    assert re.search(rf"^\| {latest['run_id']} +\| \S+ \S+ +\| [\d.]+ +\| incremental \| success"
+                     r" +\| changes ", table, re.MULTILINE)
     # the stage columns in the order the stages run
     header = limited.stdout.split("seconds per stage:")[1].splitlines()[1]
     assert re.sub(r"\s+", "", header).startswith("|run|lock|schema|pull|validate|dedup|diff|write|")

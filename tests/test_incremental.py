@@ -287,7 +287,7 @@ def assert_full_run_changes_nothing(db: Database, config: Path | None = None) ->
     report = run(db, full=True, config=config)
     for name in MARTS:
         done = report.marts[name]
-        assert done["full"] is True
+        assert (done["full"], done["full_reason"]) == (True, "full_run")
         assert (done["rows_inserted"], done["rows_updated"], done["rows_deleted"]) == (0, 0, 0)
         assert_frame_equal(mart(db, name), before[name])
 
@@ -797,12 +797,12 @@ def test_a_small_change_reaggregates_and_rewrites_only_the_touched_entities(db: 
     assert report.dwh["f_order"] == {"inserted": 1, "updated": 0, "deleted": 0}
     assert report.marts[CUSTOMER] == {
         "mart": CUSTOMER, "full": False, "entities": 1, "orders": 4,
-        "rows_inserted": 0, "rows_updated": 1, "rows_deleted": 0}
+        "rows_inserted": 0, "rows_updated": 1, "rows_deleted": 0, "full_reason": None}
     k0_orders = int(query(db, "select count(*) from dwh.f_order where craftsman_id = $1",
                           (k0,)).item())
     assert report.marts[CRAFTSMAN] == {
         "mart": CRAFTSMAN, "full": False, "entities": 1, "orders": k0_orders,
-        "rows_inserted": 0, "rows_updated": 1, "rows_deleted": 0}
+        "rows_inserted": 0, "rows_updated": 1, "rows_deleted": 0, "full_reason": None}
     for name, touched in ((CUSTOMER, _key(c3, "2024-01")), (CRAFTSMAN, _key(k0, "2024-01"))):
         after = mart_xmins(db, name)
         assert after.keys() == marts_before[name].keys()
@@ -939,7 +939,8 @@ def test_a_run_without_changes_reaggregates_and_writes_nothing(db: Database) -> 
 
     for name in MARTS:
         assert report.marts[name] == {"mart": name, "full": False, "entities": 0, "orders": 0,
-                                      "rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0}
+                                      "rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0,
+                                      "full_reason": None}
         assert query(db, f"select count(*) = 2 and max(load_dttm) = $1::timestamptz"
                          f" from marts.load_dates_{name}", (report.run_ts,)).item() is True
     assert {t: xmins(db, t, k) for t, k in tables.items()} == before

@@ -89,7 +89,7 @@ def test_a_run_pulls_only_the_changed_row_and_the_latest_rows_it_needs(
     create_sources(db)
     keys = _orders(db, 12)
     first = run(db)
-    assert first.pull == "everything"
+    assert (first.pull, first.pull_reason) == ("everything", delta.FIRST_RUN)
     assert first.pulled == {"source1": 12}
 
     set_field(db, "source1", keys[3], "product_price", 555)
@@ -97,7 +97,7 @@ def test_a_run_pulls_only_the_changed_row_and_the_latest_rows_it_needs(
 
     # the changed row, then the latest unchanged row of its customer (none: c3 has one
     # order), of its craftsman and of its product (the same row: order 11)
-    assert report.pull == "changes"
+    assert (report.pull, report.pull_reason) == ("changes", None)
     assert report.pulled == {"source1": 2}
     assert report.dwh["f_order"] == {"inserted": 0, "updated": 1, "deleted": 0}
     assert report.sources["source1"] == {"read": 12, "loaded": 12, "quarantined": 0}
@@ -155,7 +155,8 @@ def test_a_changed_mapping_pulls_everything_again(db: Database, tmp_path: Path) 
     _orders(db, 2)
     config = create_source4(db, tmp_path)
     run(db)
-    assert run(db, config=config).pull == "everything"  # a source was registered
+    report = run(db, config=config)  # a source was registered
+    assert (report.pull, report.pull_reason) == ("everything", delta.VERSION_OR_QUERIES_CHANGED)
     assert run(db, config=config).pull == "changes"
 
 
@@ -168,7 +169,8 @@ def test_many_changes_pull_everything(db: Database) -> None:
 
     report = run(db)
 
-    assert report.pull == "everything"  # half the rows changed: past FULL_PULL_SHARE
+    # half the rows changed: past FULL_PULL_SHARE
+    assert (report.pull, report.pull_reason) == ("everything", delta.MANY_CHANGES)
     assert pipeline.FULL_PULL_SHARE < 0.5
     assert query(db, "select count(*) from dwh.f_order where product_price = 999").item() == 2
 
@@ -199,5 +201,7 @@ def test_rows_without_a_key_or_with_a_repeated_key_are_pulled_every_run(
         assert report.sources["source4"] == {"read": 3, "loaded": 1, "quarantined": 2}
     assert query(db, "select count(*) from craftmart.quarantine").item() == 2
     before = warehouse_state(db)
-    assert run(db, config=config, full=True).dwh == report.dwh
+    full = run(db, config=config, full=True)
+    assert (full.pull, full.pull_reason) == ("everything", delta.FULL_RUN)
+    assert full.dwh == report.dwh
     assert _data(warehouse_state(db)) == _data(before)

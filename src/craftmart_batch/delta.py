@@ -8,7 +8,9 @@ without a key, and keys that appear more than once in a source, have no stable h
 their own: they are pulled on every run.
 
 A change of the package version or of a source's query (its mapping in config.toml)
-changes the fingerprint, and the next run pulls everything and starts afresh.
+changes the fingerprint, and so does a change of the rules that decide validity and
+identity (``logic.rules_fingerprint``): the next run pulls everything, validates every
+row again and starts afresh.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any
 
 import polars as pl
 
-from . import __version__, extract
+from . import __version__, extract, logic
 from ._database import Database
-from ._sql import append, execute, fetch_frame, fetch_value, stage
+from ._sql import append, execute, fetch_frame, stage
 from .config import Source
 from .transform import identity
 
@@ -36,7 +38,8 @@ _NO_HASHES = pl.DataFrame(schema=extract.HASH_SCHEMA)
 
 
 def fingerprint(sources: Sequence[Source]) -> str:
-    """What the stored hashes depend on besides the data: code version and source queries."""
+    """What the stored hashes depend on besides the data and the rules
+    (``logic.rules_fingerprint``): code version and source queries."""
     text = "\n".join([__version__, *(extract.pull_query(s, fields=False) for s in sources)])
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -94,11 +97,28 @@ def compare(current: pl.DataFrame, stored: pl.DataFrame) -> SourceDelta:
     )
 
 
-def hashes_apply(conn: Any, sources: Sequence[Source]) -> bool:
-    """Whether the stored hashes were computed for these sources by this version (false
-    before any run, or after another fingerprint): if not, a run pulls everything."""
-    stored = fetch_value(conn, "select max(fingerprint) from craftmart.source_rows_state")
-    return bool(stored == fingerprint(sources))
+#: Why a run pulls every source row rather than the changed ones (``RunReport.pull_reason``).
+FIRST_RUN = "first_run"  # no stored hashes yet
+FULL_RUN = "full_run"  # run --full
+VERSION_OR_QUERIES_CHANGED = "version_or_queries_changed"  # package version, source mapping
+RULES_CHANGED = "rules_changed"  # validity or identity (logic.rules_fingerprint)
+MANY_CHANGES = "many_changes"  # past pipeline.FULL_PULL_SHARE of the rows changed
+
+
+def full_pull_reason(conn: Any, sources: Sequence[Source]) -> str | None:
+    """Why the stored hashes do not apply, so that a run must pull everything; None when
+    they were computed for these sources by this version under these rules."""
+    stored = fetch_frame(
+        conn, "select fingerprint, rules_fingerprint from craftmart.source_rows_state"
+    )
+    if stored.is_empty():
+        return FIRST_RUN
+    if stored["fingerprint"][0] != fingerprint(sources):
+        return VERSION_OR_QUERIES_CHANGED
+    # null before the rules were fingerprinted: what processed the rows is unknown
+    if stored["rules_fingerprint"][0] != logic.rules_fingerprint():
+        return RULES_CHANGED
+    return None
 
 
 def detect(conn: Any, db: Database, sources: Sequence[Source]) -> SourceDelta:
@@ -112,12 +132,13 @@ def detect(conn: Any, db: Database, sources: Sequence[Source]) -> SourceDelta:
 
 
 def store_all(conn: Any, sources: Sequence[Source], current: pl.DataFrame) -> None:
-    """Keep the hashes of a full pull, replacing every stored one."""
+    """Keep the hashes of a full pull, replacing every stored one, and what they were
+    computed by."""
     execute(conn, "truncate craftmart.source_rows")
     append(conn, "craftmart", "source_rows", current.filter(_KEYED_ONCE))
     execute(conn, "truncate craftmart.source_rows_state")
-    execute(conn, "insert into craftmart.source_rows_state (fingerprint) values ($1)",
-            (fingerprint(sources),))
+    execute(conn, "insert into craftmart.source_rows_state (fingerprint, rules_fingerprint)"
+                  " values ($1, $2)", (fingerprint(sources), logic.rules_fingerprint()))
 
 
 def store_changes(conn: Any, changed: pl.DataFrame, pulled: pl.DataFrame) -> None:

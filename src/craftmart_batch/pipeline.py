@@ -45,6 +45,9 @@ class RunReport:
     migrations: list[str] = field(default_factory=list)
     #: "everything", or "changes": only changed rows and their people's other rows
     pull: str = ""
+    #: why everything was pulled (``delta.FIRST_RUN``, ``FULL_RUN``,
+    #: ``VERSION_OR_QUERIES_CHANGED``, ``RULES_CHANGED``, ``MANY_CHANGES``); None for changes
+    pull_reason: str | None = None
     pulled: dict[str, int] = field(default_factory=dict)
     #: the process's peak memory (MiB) when each stage ended: which stage set the peak
     peak_rss_mb: dict[str, int] = field(default_factory=dict)
@@ -60,6 +63,7 @@ class RunReport:
             "stages": {k: round(v, 3) for k, v in self.stages.items()},
             "migrations": self.migrations,
             "pull": self.pull,
+            "pull_reason": self.pull_reason,
             "pulled": self.pulled,
             "peak_rss_mb": self.peak_rss_mb,
         }
@@ -142,11 +146,14 @@ def run(
         with _stage(report, "schema", progress):
             report.migrations = schema.migrate(conn)
             report.run_ts = _set_run_timestamp(conn)
-            keyed = not full and delta_module.hashes_apply(conn, settings.sources)
+            pull_reason = (delta_module.FULL_RUN if full
+                           else delta_module.full_pull_reason(conn, settings.sources))
         with _stage(report, "pull", progress):
-            delta = delta_module.detect(conn, db, settings.sources) if keyed else None
+            delta = (delta_module.detect(conn, db, settings.sources) if pull_reason is None
+                     else None)
         mart_input = None
         if delta is None or not _load_changes(conn, db, settings, delta, report, progress):
+            report.pull_reason = pull_reason or delta_module.MANY_CHANGES
             mart_input = _load_everything(conn, db, settings, report, progress)
         for mart in refresh.MARTS:
             with _stage(report, mart.name, progress):

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from . import logic
 from ._sql import append, execute, fetch_frame, fetch_value, stage
 from .load import RUN_TS
 from .transform import marts
@@ -114,6 +115,23 @@ def watermark(conn: Any, mart: Mart) -> Any:
     return fetch_value(conn, f"select max(load_dttm)::text from {mart.load_dates}")
 
 
+def stored_definition(conn: Any, mart: Mart) -> str | None:
+    """The fingerprint of the definition that computed the mart's rows (None before its
+    first refresh, or for a mart refreshed before fingerprints were kept)."""
+    value = fetch_value(
+        conn,
+        "select definition_fingerprint from craftmart.mart_state where mart_name = $1",
+        (mart.name,),
+    )
+    return None if value is None else str(value)
+
+
+#: Why a mart is refreshed in full (``MartRefresh.full_reason``).
+FIRST_REFRESH = "first_refresh"  # no watermark yet
+FULL_RUN = "full_run"  # run --full
+DEFINITION_CHANGED = "definition_changed"  # logic.mart_fingerprint differs from the stored one
+
+
 @dataclass(frozen=True)
 class MartRefresh:
     mart: str
@@ -123,6 +141,9 @@ class MartRefresh:
     rows_inserted: int
     rows_updated: int
     rows_deleted: int
+    #: why every entity was refreshed: FIRST_REFRESH, FULL_RUN, DEFINITION_CHANGED;
+    #: None for an incremental refresh
+    full_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -137,10 +158,21 @@ def refresh(
     them (see ``marts.orders_with_attributes``); without it the orders needed are read
     from the database. Incremental: only entities touched after the stored watermark
     are re-aggregated, and only their rows that differ are written. First refresh: every
-    entity. ``--full``: every entity, re-read from the database, by the very same
-    function. Then the watermark advances to the run's timestamp.
+    entity. ``--full``, or a mart whose definition (``logic.mart_fingerprint``) is not
+    the one that computed its rows: every entity, re-read from the database, by the
+    very same function. Then the watermark advances to the run's timestamp, and the
+    definition is kept.
     """
+    definition = logic.mart_fingerprint(mart)
     since = None if full else watermark(conn, mart)
+    if full:
+        full_reason: str | None = FULL_RUN
+    elif since is None:
+        full_reason = FIRST_REFRESH
+    elif stored_definition(conn, mart) != definition:
+        full_reason, full, since = DEFINITION_CHANGED, True, None
+    else:
+        full_reason = None
     entity = mart.entity_id
     if full or (since is None and dwh_orders is None):
         scope_sql = ""
@@ -157,7 +189,7 @@ def refresh(
         )
         entity_count = touched.height
         if touched.is_empty():
-            _advance(conn, mart)
+            _advance(conn, mart, definition)
             return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
         staged_touched = stage(conn, f"touched_{mart.name}", touched)
         scope_sql = f"where m.{entity} in (select entity_id from {staged_touched})"
@@ -167,9 +199,9 @@ def refresh(
             orders = dwh_orders.filter(pl.col(entity).is_in(touched["entity_id"].implode()))
     rows = mart.compute(orders)
     inserted, updated, deleted = _write_rows(conn, mart, rows, scope_sql)
-    _advance(conn, mart)
+    _advance(conn, mart, definition)
     return MartRefresh(mart.name, since is None, entity_count, orders.height, inserted, updated,
-                       deleted)
+                       deleted, full_reason)
 
 
 def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tuple[int, int, int]:
@@ -220,8 +252,18 @@ def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tu
     return int(counts["inserted"][0]), int(counts["updated"][0]), int(deleted)
 
 
-def _advance(conn: Any, mart: Mart) -> None:
+def _advance(conn: Any, mart: Mart, definition: str) -> None:
+    """Move the watermark to the run's timestamp; keep the definition the rows now follow."""
     execute(conn, f"insert into {mart.load_dates} (load_dttm) values ({RUN_TS})")
+    execute(
+        conn,
+        """
+        insert into craftmart.mart_state (mart_name, definition_fingerprint) values ($1, $2)
+        on conflict (mart_name) do update
+            set definition_fingerprint = excluded.definition_fingerprint
+        """,
+        (mart.name, definition),
+    )
 
 
 def prune_change_log(conn: Any) -> None:

@@ -37,7 +37,7 @@ def run_summary(report: RunReport) -> str:
         [
             {
                 "mart": name,
-                "mode": "full" if m["full"] else "incremental",
+                "mode": _mart_mode(m),
                 "entities": m["entities"],
                 "orders": m["orders"],
                 "inserted": m["rows_inserted"],
@@ -51,6 +51,8 @@ def run_summary(report: RunReport) -> str:
     lines = [
         f"run {report.run_ts} finished in {total:.1f}s",
         "",
+        f"source rows pulled: {_pull(report.pull, report.pull_reason)}",
+        "",
         "sources (rows read = loaded + quarantined):",
         _table(sources),
         "",
@@ -63,6 +65,20 @@ def run_summary(report: RunReport) -> str:
     if report.migrations:
         lines[1:1] = [f"schema migrations applied: {', '.join(report.migrations)}"]
     return "\n".join(lines)
+
+
+def _pull(pull: str | None, reason: str | None) -> str:
+    """``everything (rules_changed)``, ``changes``: what a run pulled, and why everything."""
+    return f"{pull} ({reason})" if pull and reason else (pull or "")
+
+
+def _mart_mode(refreshed: dict[str, Any]) -> str:
+    """``full (definition_changed)``, ``incremental``: how a mart was refreshed, and why
+    in full (runs recorded before reasons were kept show ``full`` alone)."""
+    if not refreshed.get("full"):
+        return "incremental"
+    reason = refreshed.get("full_reason")
+    return f"full ({reason})" if reason else "full"
 
 
 def require_warehouse(conn: Any) -> None:
@@ -340,6 +356,13 @@ def _run_entry(row: dict[str, Any]) -> dict[str, Any]:
     return {
         **row,
         "error": stats.get("error"),
+        # what the run pulled in full and why everything (None: recorded before reasons)
+        "pull": stats.get("pull") or None,
+        "pull_reason": stats.get("pull_reason"),
+        # the marts refreshed in full, and why
+        "marts_full": {
+            name: m.get("full_reason") for name, m in marts.items() if m.get("full")
+        },
         "rows": {
             "read": total(sources, "read"),
             "loaded": total(sources, "loaded"),
@@ -375,9 +398,11 @@ def history(db: Database, *, limit: int, as_json: bool) -> str:
                 "seconds": round(r["seconds"], 1),
                 "mode": r["mode"],
                 "outcome": r["outcome"],
+                "pull": _pull(r["pull"], r["pull_reason"]),
                 **{k: r["rows"][k] for k in ("read", "quarantined", "inserted", "updated",
                                               "deleted")},
                 "mart_rows": sum(sum(m.values()) for m in r["mart_rows"].values()),
+                "marts_full": _marts_full(r["marts_full"]),
             }
             for r in runs
         ]
@@ -396,6 +421,17 @@ def history(db: Database, *, limit: int, as_json: bool) -> str:
     if failed:
         lines += ["", "errors:", *(f"  run {r['run_id']}: {r['error']}" for r in failed)]
     return "\n".join(lines)
+
+
+def _marts_full(reasons: dict[str, str | None]) -> str:
+    """``customer, craftsman (first_refresh)``: the marts refreshed in full, by reason."""
+    by_reason: dict[str | None, list[str]] = {}
+    for name, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(_short(name))
+    return "; ".join(
+        ", ".join(names) + (f" ({reason})" if reason else "")
+        for reason, names in by_reason.items()
+    )
 
 
 #: The stages of a run, in the order they run (the stats keep no order).
