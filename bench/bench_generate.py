@@ -12,7 +12,7 @@ from pathlib import Path
 
 from craftmart_batch._database import Database, connect, parse_dsn, throwaway_embedded
 from craftmart_batch._sql import fetch_value
-from craftmart_batch.generate import apply_changes, generate
+from craftmart_batch.synthetic import apply_changes, generate
 
 
 def run(db: Database, orders: int, seed: int, changes: int) -> dict[str, object]:

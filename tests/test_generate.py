@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from craftmart_batch import generate as gen
+from craftmart_batch import synthetic as gen
 from craftmart_batch._database import Database, connect, connection, quote_ident
 from craftmart_batch._sql import fetch_frame, fetch_value
 from craftmart_batch.errors import CraftmartError

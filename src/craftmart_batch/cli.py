@@ -121,7 +121,7 @@ def generate(
     ] = False,
 ) -> None:
     """Create the four source schemas and fill them, or change them, with synthetic orders."""
-    from . import generate as gen
+    from . import synthetic as gen
     from ._database import connection
 
     if (orders is None) == (changes is None):
@@ -157,8 +157,8 @@ def demo(
     config: ConfigOption = None,
 ) -> None:
     """On the embedded server: generate sources, build the warehouse, show the marts."""
-    from . import generate as gen
     from . import pipeline, report
+    from . import synthetic as gen
     from ._database import connection
 
     if orders <= 0:
