@@ -18,6 +18,7 @@ from .common import (
     TABLES,
     Progress,
     Shape,
+    check_shape,
 )
 from .sources import GenerateSummary, create_sources, generate, sources_ddl, split_orders
 
@@ -39,6 +40,7 @@ __all__ = [
     "Progress",
     "Shape",
     "apply_changes",
+    "check_shape",
     "create_sources",
     "generate",
     "sources_ddl",

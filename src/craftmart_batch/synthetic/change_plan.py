@@ -18,7 +18,7 @@ from .common import (
     STATUS,
     STATUSES,
 )
-from .text import DOMAINS
+from .world import DOMAINS
 
 logger = logging.getLogger(__name__)
 

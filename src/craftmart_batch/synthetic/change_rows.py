@@ -9,6 +9,7 @@ from typing import cast
 import numpy as np
 import polars as pl
 
+from .addresses import addresses
 from .change_plan import (
     DELETE,
     DELETE_INVALID,
@@ -35,7 +36,7 @@ from .common import (
     pick,
 )
 from .orders import lifecycle
-from .text import TYPES, addresses
+from .products import TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,13 @@ def change_source(
     canon: pl.DataFrame,
     plan: Plan,
     today: int,
+    full: np.random.Generator | None = None,
 ) -> tuple[list[Write], int, int]:
     """One source's share of the plan as table writes; and its inserted, deleted orders.
 
     Changed order rows are deleted and appended again: an update may not set the
     ``generated always`` identity columns that a customer move changes in source1/2.
+    With ``full``, customers who move get full street addresses drawn from it.
     """
     source = SOURCES[s]
     lay = LAYOUTS[source]
@@ -151,7 +154,7 @@ def change_source(
     writes: list[Write] = []
     moving = pl.DataFrame({
         "customer_id": pl.Series(plan.addresses[s], dtype=pl.Int64),
-        "_new_address": addresses(rng, len(plan.addresses[s])),
+        "_new_address": addresses(rng, len(plan.addresses[s]), full),
     })
     changes = _product_changes(rng, plan.products[s], "craftsman_id" if lay.masters else
                                "product_id")

@@ -14,7 +14,7 @@ from .._sql import execute, fetch_frame, stage
 from ..errors import CraftmartError
 from .change_plan import LAYOUTS, PARENT_KEYS, allocate, canonical, change_plan
 from .change_rows import change_source
-from .common import D1, SOURCES, TABLES, counts_text, qualified, stream
+from .common import D1, SOURCES, TABLES, Shape, check_shape, counts_text, qualified, stream
 from .sources import create_sources, ingest, sync_identities
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class ChangeSummary:
         ])
 
 
-def apply_changes(conn: Any, changes: int, seed: int) -> ChangeSummary:
+def apply_changes(conn: Any, changes: int, seed: int, *, shape: Shape = "real") -> ChangeSummary:
     """Apply ``changes`` realistic changes to the sources, in one transaction.
 
     A mix (CHANGE_MIX) of new orders (recent ones, and late ones in old months), status
@@ -55,9 +55,12 @@ def apply_changes(conn: Any, changes: int, seed: int) -> ChangeSummary:
     recent orders, so ``summary.total == changes`` whenever a valid order exists.
     Deterministic for the same source contents and ``seed``. Commits on success, rolls
     back on failure; raises ``CraftmartError`` when the sources hold no orders.
+    ``shape`` is that of the new addresses of customers who move (see ``generate``);
+    all else a change writes is copied or derived from rows already there.
     """
     if changes < 0:
         raise CraftmartError(f"the number of changes must not be negative, got {changes}")
+    shape = check_shape(shape)
     started = time.perf_counter()
     try:
         create_sources(conn)
@@ -72,7 +75,8 @@ def apply_changes(conn: Any, changes: int, seed: int) -> ChangeSummary:
         inserted, deleted = {}, {}
         for s, source in enumerate(SOURCES):
             writes, inserted[source], deleted[source] = change_source(
-                stream(seed, 10, s), s, tables, canon[s], plan, today)
+                stream(seed, 10, s), s, tables, canon[s], plan, today,
+                stream(seed, 11, s) if shape == "real" else None)
             for table, operation, frame in writes:
                 _write(conn, table, operation, frame)
         sync_identities(conn)

@@ -23,6 +23,8 @@ from .common import (
     SOURCES,
     TABLES,
     Progress,
+    Shape,
+    check_shape,
     counts_text,
     qualified,
     stream,
@@ -52,6 +54,7 @@ class GenerateSummary:
     rows: dict[str, int]
     invalid: dict[str, int]
     elapsed_seconds: float
+    shape: Shape = "real"
 
     @property
     def invalid_total(self) -> int:
@@ -59,7 +62,7 @@ class GenerateSummary:
 
     def __str__(self) -> str:
         return "\n".join([
-            f"generated {self.orders:,} orders (seed {self.seed}) in "
+            f"generated {self.orders:,} orders (seed {self.seed}, {self.shape} rows) in "
             f"{self.elapsed_seconds:.1f} s",
             "  orders: " + counts_text(self.orders_per_source),
             "  rows: " + counts_text(self.rows),
@@ -294,6 +297,7 @@ def generate(
     progress: Progress | None = None,
     *,
     replace: bool = False,
+    shape: Shape = "real",
 ) -> GenerateSummary:
     """Fill the four sources with ``orders`` orders of a synthetic marketplace.
 
@@ -304,9 +308,15 @@ def generate(
     Refuses with ``CraftmartError`` when the sources hold rows, unless ``replace``,
     which empties them first. Commits on success, rolls back on failure.
     ``progress(stage, fraction_done)`` is called a few times per source.
+
+    ``shape`` sets the width of the text columns: ``"real"`` (the default) writes
+    product descriptions of 300-600 characters and full street addresses, as
+    production holds; ``"narrow"`` short ones, for quick tests. Both shapes hold the
+    same people, products, orders and invalid rows; only those texts differ.
     """
     if orders < 0:
         raise CraftmartError(f"the number of orders must not be negative, got {orders}")
+    shape = check_shape(shape)
     started = time.perf_counter()
     report = progress or (lambda _stage, _fraction: None)
     try:
@@ -318,7 +328,7 @@ def generate(
                                      "replace them (--replace) to start over")
             execute(conn, "truncate table " + ", ".join(qualified(t) for t in TABLES))
         report("people and products", 0.0)
-        world = build_world(seed, orders)
+        world = build_world(seed, orders, shape)
         counts = split_orders(orders)
         invalid = dict.fromkeys(RULES, 0)
         rows: dict[str, int] = {}
@@ -345,5 +355,5 @@ def generate(
         raise
     elapsed = time.perf_counter() - started
     report("done", 1.0)
-    logger.info("generated %d orders in %.1f s", orders, elapsed)
-    return GenerateSummary(orders, seed, counts, rows, invalid, elapsed)
+    logger.info("generated %d orders (%s rows) in %.1f s", orders, shape, elapsed)
+    return GenerateSummary(orders, seed, counts, rows, invalid, elapsed, shape)

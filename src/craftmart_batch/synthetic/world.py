@@ -8,10 +8,28 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from .common import D0, D1, SOURCE_SHARES, SOURCES, pick, stream
-from .text import DOMAINS, FIRST_NAMES, LAST_NAMES, TYPES, addresses, product_texts
+from .addresses import addresses
+from .common import D0, D1, SOURCE_SHARES, SOURCES, Shape, pick, stream
+from .products import TYPES, product_texts
 
 logger = logging.getLogger(__name__)
+
+FIRST_NAMES = (
+    ("Anna", True), ("Maria", True), ("Elena", True), ("Olga", True), ("Natalia", True),
+    ("Irina", True), ("Svetlana", True), ("Tatiana", True), ("Daria", True), ("Sofia", True),
+    ("Emma", True), ("Chloe", True), ("Zoe", True), ("Alexei", False), ("Dmitry", False),
+    ("Ivan", False), ("Sergei", False), ("Andrei", False), ("Mikhail", False),
+    ("Nikolai", False), ("Pavel", False), ("Oleg", False), ("Artem", False), ("Liam", False),
+    ("Noah", False), ("Hugo", False), ("Leo", False), ("Lucas", False),
+)
+LAST_NAMES = (
+    "Petrov", "Ivanov", "Smirnov", "Kuznetsov", "Popov", "Volkov", "Sokolov", "Lebedev",
+    "Kozlov", "Novikov", "Morozov", "Orlov", "Fedorov", "Egorov", "Pavlov", "Belyaev",
+    "Nikitin", "Karpov", "Smith", "Taylor", "Brown", "Dubois", "Rossi", "Garcia",
+    "O'Connor", "O'Brien", "D'Angelo",
+)
+DOMAINS = ("mail.com", "gmail.com", "yandex.ru", "mail.ru", "outlook.com", "inbox.ru",
+           "proton.me", "craftmail.org")
 
 
 @dataclass
@@ -34,8 +52,14 @@ class World:
     prod_count: np.ndarray
 
 
-def build_world(seed: int, orders: int) -> World:
+def build_world(seed: int, orders: int, shape: Shape = "real") -> World:
+    """The people and products of a marketplace of about ``orders`` orders.
+
+    The real shape draws its long texts from a stream of their own, so both shapes
+    hold the same people, products and orders, and differ only in those texts.
+    """
     rng = stream(seed, 1)
+    full = stream(seed, 5) if shape == "real" else None
     n_craft = max(8, orders // 150)
     n_cust = max(8, orders // 7)
     both = n_craft // 10  # craftsmen who also buy
@@ -63,7 +87,8 @@ def build_world(seed: int, orders: int) -> World:
             "i",
             "domain",
         ).alias("email"),
-    ).with_columns(address0=addresses(rng, n_people), address1=addresses(rng, n_people))
+    ).with_columns(address0=addresses(rng, n_people, full),
+                   address1=addresses(rng, n_people, full))
     birthday = rng.integers(-7305, 12784, n_people)  # 1950-01-01 .. 2004-12-31
     move_day = rng.integers(D0 - 365, D1 + 365, n_people)
 
@@ -83,7 +108,7 @@ def build_world(seed: int, orders: int) -> World:
     main_type = rng.integers(0, len(TYPES), n_craft)
     type_idx = np.where(rng.random(n_prod) < 0.75, main_type[owner],
                         rng.integers(0, len(TYPES), n_prod))
-    products = product_texts(rng, type_idx)
+    products = product_texts(rng, type_idx, full)
     base_price = np.clip(np.round(np.exp(rng.normal(7.3, 0.8, n_prod)) / 10) * 10, 50, 200_000)
     return World(
         people=people,
@@ -117,6 +142,7 @@ class View:
 
 
 def build_view(seed: int, s: int, world: World) -> View:
+    """How source ``s`` spells ``world``."""
     rng = stream(seed, 2, s)
     n = world.people.height
     email = spell_emails(rng, world.people["email"])
