@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import date
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -65,7 +65,7 @@ def check_shape(shape: str) -> Shape:
     """``shape`` when it is one of SHAPES; else ``ValueError`` naming the choices."""
     if shape not in SHAPES:
         raise ValueError(f"unknown row shape {shape!r}; choose one of {', '.join(SHAPES)}")
-    return cast("Shape", shape)
+    return shape
 
 
 def stream(seed: int, *part: int) -> np.random.Generator:
