@@ -3,7 +3,8 @@
 Each size gets a fresh database (a temporary embedded server unless --dsn). Every step
 is its own `craftmart-batch` process (generate, generate --changes, run --json), so the
 peak RSS of a step is that process's own. Prints a table per size and writes one JSON
-file for all sizes. Example:
+file for all sizes. Sources are generated with real-shaped rows (descriptions of 300-600
+characters, full street addresses) unless `--shape narrow`. Example:
 
     .venv/bin/python bench/bench_pipeline.py --orders 100000 1000000 --changes 0.001 0.01
 """
@@ -119,9 +120,9 @@ def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
 
 
 def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
-          seed: int) -> dict[str, Any]:
+          seed: int, shape: str = "real") -> dict[str, Any]:
     gen = step(["generate", *cli_opts, "--orders", str(orders), "--seed", str(seed),
-                "--replace"])
+                "--shape", shape, "--replace"])
     generated = {
         "seconds": round(gen["seconds"], 2),
         "peak_rss_mb": round(gen["peak_rss_mb"], 1),
@@ -136,7 +137,7 @@ def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
     for i, share in enumerate(shares):
         count = max(1, int(orders * share))
         changed = step(["generate", *cli_opts, "--changes", str(count),
-                        "--seed", str(seed + 1 + i)])
+                        "--seed", str(seed + 1 + i), "--shape", shape])
         apply = {"seconds": round(changed["seconds"], 2),
                  "peak_rss_mb": round(changed["peak_rss_mb"], 1),
                  "summary": changed["stdout"].strip()}
@@ -241,12 +242,12 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
         ensure_database(db)
         print(f"== {orders:,} orders ==", flush=True)
         result = bench(db, ["--dsn", db.libpq_uri(), *config], orders, args.changes,
-                       args.seed)
+                       args.seed, args.shape)
         print_table(result)
         results.append(result)
     return {
         "machine": info,
-        "settings": {"seed": args.seed, "changes": args.changes,
+        "settings": {"seed": args.seed, "changes": args.changes, "shape": args.shape,
                      "config": str(args.config) if args.config else None},
         "results": results,
     }
@@ -258,6 +259,8 @@ def main() -> int:
     parser.add_argument("--changes", type=float, nargs="*", default=[0.0001, 0.001, 0.01],
                         help="shares of the orders to change, one run after each")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--shape", choices=("real", "narrow"), default="real",
+                        help="row shape of the generated sources: real (default) or narrow")
     parser.add_argument("--dsn", default=None,
                         help="server to use; a craftmart_bench_N database is dropped and "
                              "created on it per size (default: a temporary embedded server)")

@@ -235,7 +235,7 @@ def rows_per_source(db: Database) -> dict[str, dict[str, int]]:
 def generated_warehouse(server: Database, label: str, orders: int, seed: int) -> Iterator[Database]:
     """A throwaway database with ``orders`` generated orders, loaded by one run;
     dropped on exit. For module-scoped fixtures that only read the warehouse."""
-    from craftmart_batch import generate
+    from craftmart_batch import synthetic
     from craftmart_batch._database import connection, quote_ident
 
     name = f"cm_test_{label}_{uuid.uuid4().hex[:10]}"
@@ -244,7 +244,7 @@ def generated_warehouse(server: Database, label: str, orders: int, seed: int) ->
     db = server.with_dbname(name)
     try:
         with connection(db) as conn:
-            generate.generate(conn, orders, seed=seed)
+            synthetic.generate(conn, orders, seed=seed)
         pipeline.run(settings_for(db), db)
         yield db
     finally:

@@ -1,16 +1,20 @@
-"""The synthetic marketplace: source contents, planted invalid rows, changes."""
+"""The synthetic marketplace: source contents, planted invalid rows, changes, row shapes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
-from craftmart_batch import generate as gen
+from craftmart_batch import synthetic as gen
 from craftmart_batch._database import Database, connect, connection, quote_ident
 from craftmart_batch._sql import fetch_frame, fetch_value
 from craftmart_batch.errors import CraftmartError
@@ -75,6 +79,34 @@ union all select 'source3', craftsman_email, 'craftsman' from source3.craft_mark
 union all select 'external_source', craftsman_email, 'craftsman'
 from external_source.craft_products_orders
 """
+
+
+ALL_ADDRESSES = """
+select 'source1' as source, customer_address as address from source1.craft_market_wide
+union all select 'source1', craftsman_address from source1.craft_market_wide
+union all select 'source2', customer_address from source2.craft_market_orders_customers
+union all select 'source2', craftsman_address from source2.craft_market_masters_products
+union all select 'source3', customer_address from source3.craft_market_customers
+union all select 'source3', craftsman_address from source3.craft_market_craftsmans
+union all select 'external_source', customer_address from external_source.customers
+union all select 'external_source', craftsman_address
+from external_source.craft_products_orders
+"""
+
+# One description per product as each source writes it.
+ALL_DESCRIPTIONS = """
+select distinct product_description as d from source1.craft_market_wide
+union select product_description from source2.craft_market_masters_products
+union select product_description from source3.craft_market_orders
+union select product_description from external_source.craft_products_orders
+"""
+
+# A full street address: a house number, a postcode (five or six digits, or a UK one)
+# and a country at the end.
+HOUSE_NUMBER = r"(^|[ ,])\d{1,4}(,|$| )"
+POSTCODE = r"(\b\d{5,6}\b)|(\b[A-Z]{1,2}\d{1,2}[A-Z]? \d[A-Z]{2}\b)"
+COUNTRY = r", (Russia|Belarus|Kazakhstan|Germany|France|United Kingdom|United States)$"
+NARROW_ADDRESS = r"^[A-Z][A-Za-z ]+, [A-Za-z]+ st\. \d+(, apt\. \d+)?$"
 
 
 def canonical(conn: Any) -> pl.DataFrame:
@@ -405,3 +437,94 @@ def test_small_and_empty_runs_still_work(conn: Any) -> None:
     summary = gen.generate(conn, 7, SEED, replace=True)
     assert sum(summary.orders_per_source.values()) == 7
     assert canonical(conn).height == 7
+
+
+def test_real_rows_have_descriptions_of_300_to_600_characters(shared: Shared) -> None:
+    """Descriptions spread over 300-600 characters, one per product, in varied words."""
+    conn, generated = shared
+    assert generated.shape == "real"
+    descriptions = fetch_frame(conn, ALL_DESCRIPTIONS)["d"]
+    lengths = descriptions.str.len_chars()
+    assert lengths.min() >= 300 and lengths.max() <= 600  # type: ignore[operator]
+    assert lengths.quantile(0.1) < 380 and lengths.quantile(0.9) > 500  # type: ignore[operator]
+    products = fetch_value(conn, """
+        select count(distinct product_id) from source2.craft_market_masters_products""")
+    assert descriptions.len() >= products  # no two products share a description
+    words = descriptions.str.extract_all(r"[A-Za-z']+").explode().str.to_lowercase()
+    assert words.n_unique() >= 200
+
+
+def test_real_rows_have_full_street_addresses(shared: Shared) -> None:
+    """Every address has a house number, a postcode and a country; some have a flat."""
+    conn = shared[0]
+    addresses = fetch_frame(conn, ALL_ADDRESSES)["address"].drop_nulls()
+    assert addresses.len() > 0
+    for pattern in (HOUSE_NUMBER, POSTCODE, COUNTRY):
+        assert addresses.str.contains(pattern).all(), pattern
+    flats = addresses.str.contains(r"(apt\.|Apt|Flat) \d+")
+    assert 0.2 < flats.mean() < 0.9  # type: ignore[operator]
+    assert addresses.str.len_chars().mean() >= 50  # type: ignore[operator]
+    assert addresses.str.extract(COUNTRY, 1).n_unique() >= 5
+
+
+def test_narrow_rows_differ_from_real_ones_only_in_their_texts(
+    conn: Any, shared: Shared
+) -> None:
+    """shape="narrow" keeps short texts; orders, people, rules and ids are those of the
+    real shape for the same (orders, seed)."""
+    summary = gen.generate(conn, ORDERS, SEED, shape="narrow")
+    assert summary.shape == "narrow" and "narrow rows" in str(summary)
+    real_conn, real = shared
+    assert (summary.rows, summary.invalid) == (real.rows, real.invalid)
+    key = ["source", "row_key"]
+    assert canonical(conn).sort(key).equals(canonical(real_conn).sort(key))
+    descriptions = fetch_frame(conn, ALL_DESCRIPTIONS)["d"].str.len_chars()
+    assert descriptions.max() < 150  # type: ignore[operator]
+    addresses = fetch_frame(conn, ALL_ADDRESSES)["address"].drop_nulls()
+    assert addresses.str.contains(NARROW_ADDRESS).all()
+
+
+def test_changes_write_addresses_of_the_sources_shape(make_db: Any) -> None:
+    """Customers who move get a full address in real shape, a short one in narrow."""
+    moved = {}
+    for shape in gen.SHAPES:
+        connection = connect(make_db())
+        try:
+            gen.generate(connection, 1500, SEED, shape=shape)
+            sql = "select customer_id, customer_address from source3.craft_market_customers"
+            before = fetch_frame(connection, sql)
+            gen.apply_changes(connection, 400, 5, shape=shape)
+            after = fetch_frame(connection, sql).rename({"customer_address": "now"})
+            moved[shape] = before.join(after, on="customer_id").filter(
+                pl.col("customer_address").ne_missing(pl.col("now")))["now"].drop_nulls()
+        finally:
+            connection.close()
+    assert moved["real"].len() > 0 and moved["narrow"].len() > 0
+    assert moved["real"].str.contains(POSTCODE).all()
+    assert moved["real"].str.contains(COUNTRY).all()
+    assert moved["narrow"].str.contains(NARROW_ADDRESS).all()
+    with pytest.raises(ValueError, match="unknown row shape"):
+        gen.apply_changes(connect(make_db()), 1, 1, shape="wide")  # type: ignore[arg-type]
+
+
+def test_generate_command_takes_a_shape(make_db: Any, tmp_path: Path) -> None:
+    """`generate --shape narrow` writes short texts; an unknown shape is one line, exit 2."""
+    db = make_db()
+    narrow = _cli("generate", "--dsn", db.libpq_uri(), "--orders", "200", "--shape", "narrow",
+                  cwd=tmp_path)
+    assert narrow.returncode == 0, narrow.stderr
+    assert "narrow rows" in narrow.stdout
+    with connection(db) as conn:
+        lengths = fetch_frame(conn, ALL_DESCRIPTIONS)["d"].str.len_chars()
+    assert lengths.max() < 150  # type: ignore[operator]
+    wide = _cli("generate", "--dsn", db.libpq_uri(), "--changes", "5", "--shape", "wide",
+                cwd=tmp_path)
+    assert wide.returncode == 2
+    assert wide.stderr.strip().splitlines() == [
+        "craftmart-batch: error: --shape: unknown row shape 'wide'; choose one of real, narrow"]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CRAFTMART_DSN", "CRAFTMART_CONFIG")}
+    return subprocess.run([sys.executable, "-m", "craftmart_batch.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False, env=env)

@@ -1288,7 +1288,7 @@ def test_a_run_killed_at_any_stage_leaves_everything_as_it_was(
 ) -> None:
     """SIGKILL at any stage leaves DWH, marts, bookkeeping and load dates exactly as they
     were (or, past the commit, exactly as a finished run); the next run finishes the job."""
-    from craftmart_batch.generate import apply_changes, generate
+    from craftmart_batch.synthetic import apply_changes, generate
 
     with connection(db) as conn:
         generate(conn, 4000, seed=11)

@@ -10,7 +10,7 @@ from helpers import query, rows_per_source
 from oracle import expected_craftsman_mart, expected_customer_mart
 from polars.testing import assert_frame_equal
 
-from craftmart_batch import generate, pipeline
+from craftmart_batch import pipeline, synthetic
 from craftmart_batch._database import Database, connect
 from craftmart_batch.config import load_settings
 from craftmart_batch.transform.marts import MART_COLUMNS
@@ -95,7 +95,7 @@ def test_rounds_of_generated_changes_keep_every_invariant(db: Database) -> None:
     after every run there are no orphans, counts conserve, and both marts equal the
     SQL oracle over the DWH; a final --full run changes no mart row."""
     conn = connect(db)
-    generate.generate(conn, 3_000, seed=11)
+    synthetic.generate(conn, 3_000, seed=11)
     conn.commit()
     conn.close()
     first = _run(db)
@@ -103,7 +103,7 @@ def test_rounds_of_generated_changes_keep_every_invariant(db: Database) -> None:
     assert_warehouse_invariants(db)
     for round_ in range(3):
         conn = connect(db)
-        summary = generate.apply_changes(conn, 120, seed=100 + round_)
+        summary = synthetic.apply_changes(conn, 120, seed=100 + round_)
         conn.commit()
         conn.close()
         assert summary.total == 120

@@ -107,7 +107,7 @@ class CliRun:
 
 
 def generate_orders(db: Database, orders: int, seed: int) -> None:
-    from craftmart_batch.generate import generate
+    from craftmart_batch.synthetic import generate
 
     with connection(db) as conn:
         generate(conn, orders, seed=seed)
@@ -115,7 +115,7 @@ def generate_orders(db: Database, orders: int, seed: int) -> None:
 
 
 def change_sources(db: Database, changes: int, seed: int) -> None:
-    from craftmart_batch.generate import apply_changes
+    from craftmart_batch.synthetic import apply_changes
 
     with connection(db) as conn:
         apply_changes(conn, changes, seed=seed)

@@ -119,13 +119,22 @@ def generate(
     replace: Annotated[
         bool, typer.Option("--replace", help="Empty the sources before generating.")
     ] = False,
+    shape: Annotated[
+        str, typer.Option("--shape", help="Width of the text columns: real (descriptions of "
+                          "300-600 characters, full street addresses) or narrow (short "
+                          "texts, for quick tests).")
+    ] = "real",
 ) -> None:
     """Create the four source schemas and fill them, or change them, with synthetic orders."""
-    from . import generate as gen
+    from . import synthetic as gen
     from ._database import connection
 
     if (orders is None) == (changes is None):
         raise CraftmartError("give exactly one of --orders N or --changes K")
+    try:
+        row_shape = gen.check_shape(shape)
+    except ValueError as exc:
+        raise CraftmartError(f"--shape: {exc}") from None
     count = orders if orders is not None else changes
     if count is None or count <= 0:
         raise CraftmartError(f"{'--orders' if orders is not None else '--changes'} must be a "
@@ -135,10 +144,10 @@ def generate(
     summary: object
     with connection(db) as conn:
         if orders is not None:
-            summary = gen.generate(conn, orders, seed, replace=replace,
+            summary = gen.generate(conn, orders, seed, replace=replace, shape=row_shape,
                                    progress=_generate_progress())
         else:
-            summary = gen.apply_changes(conn, count, seed)
+            summary = gen.apply_changes(conn, count, seed, shape=row_shape)
         conn.commit()
     print(summary)
 
@@ -157,8 +166,8 @@ def demo(
     config: ConfigOption = None,
 ) -> None:
     """On the embedded server: generate sources, build the warehouse, show the marts."""
-    from . import generate as gen
     from . import pipeline, report
+    from . import synthetic as gen
     from ._database import connection
 
     if orders <= 0:
