@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from helpers import add_order, create_sources, query, run, settings_for, sql
 
-from craftmart_batch import pipeline, refresh
+from craftmart_batch import pipeline
 from craftmart_batch._database import Database, connect, connection, quote_ident
 from craftmart_batch._sql import execute
 from craftmart_batch.dictionary import data_dictionary
 from craftmart_batch.errors import CraftmartError, LockHeldError
+from craftmart_batch.load import refresh
 from craftmart_batch.report import parse_age
 
 ROOT = Path(__file__).resolve().parents[1]

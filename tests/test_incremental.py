@@ -44,10 +44,12 @@ from hypothesis import strategies as st
 from oracle import expected_craftsman_mart, expected_customer_mart, expected_order_validity
 from polars.testing import assert_frame_equal
 
-from craftmart_batch import extract, pipeline, refresh
+from craftmart_batch import pipeline
 from craftmart_batch._database import Database, connect, connection
 from craftmart_batch._sql import execute, fetch_frame, fetch_value, stage
 from craftmart_batch.config import CANONICAL_FIELDS, load_settings
+from craftmart_batch.extract import queries
+from craftmart_batch.load import refresh
 
 #: numeric mart columns: ``mart()`` returns them as text, the oracle as decimals.
 NUMERIC = {
@@ -1141,7 +1143,7 @@ def _same_entity(db: Database, source: str, key: int, field: str) -> list[tuple[
     }[field.split("_", 1)[0]]
     canonical = " union all ".join(
         f"select source_name, source_order_id, {', '.join(identity)}"
-        f" from ({extract.source_query(s)}) as o"
+        f" from ({queries.source_query(s)}) as o"
         for s in load_settings(None, dsn=db.libpq_uri()).sources
     )
     rows = query(db, canonical).with_columns(

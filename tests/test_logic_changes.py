@@ -19,8 +19,10 @@ import pytest
 from helpers import CRAFTSMAN, CUSTOMER, MARTS, add_order, create_sources, mart, query, run, sql
 from test_incremental import assert_incremental_is_full, assert_marts_match_rebuild
 
-from craftmart_batch import delta, logic, refresh
+from craftmart_batch import logic
 from craftmart_batch._database import Database
+from craftmart_batch.extract import hashes
+from craftmart_batch.load import refresh
 from craftmart_batch.transform import identity, marts, validate
 
 D = dt.date
@@ -84,7 +86,8 @@ def test_code_text_ignores_comments_formatting_and_docstrings() -> None:
 def test_fingerprints_are_the_same_in_every_process() -> None:
     """No address, set order or hash seed gets in: another process, another seed, the
     same fingerprints."""
-    script = ("from craftmart_batch import logic, refresh; print(logic.rules_fingerprint(),"
+    script = ("from craftmart_batch import logic; from craftmart_batch.load import refresh;"
+              " print(logic.rules_fingerprint(),"
               " *(logic.mart_fingerprint(m) for m in refresh.MARTS))")
     printed = [
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -130,7 +133,7 @@ def test_a_changed_validity_rule_revalidates_unchanged_rows(
     f_order and both marts. When the rule is relaxed again, it comes back."""
     create_sources(db)
     expensive = _orders(db)
-    assert run(db).pull_reason == delta.FIRST_RUN
+    assert run(db).pull_reason == hashes.FIRST_RUN
     assert run(db).pull == "changes"
     assert _in_dwh(db, expensive) and "rich@buyer.example" in _customers_in_mart(db)
 
@@ -138,7 +141,7 @@ def test_a_changed_validity_rule_revalidates_unchanged_rows(
         m.setitem(validate.RULES, "price_not_positive", TIGHTER_PRICE_RULE)
         report = run(db)
 
-        assert (report.pull, report.pull_reason) == ("everything", delta.RULES_CHANGED)
+        assert (report.pull, report.pull_reason) == ("everything", hashes.RULES_CHANGED)
         assert report.pulled == {"source1": 6, "source2": 1}
         assert report.dwh["f_order"] == {"inserted": 0, "updated": 0, "deleted": 1}
         assert report.sources["source2"] == {"read": 1, "loaded": 0, "quarantined": 1}
@@ -157,7 +160,7 @@ def test_a_changed_validity_rule_revalidates_unchanged_rows(
 
     report = run(db)  # the rule as shipped: the order is valid again
 
-    assert (report.pull, report.pull_reason) == ("everything", delta.RULES_CHANGED)
+    assert (report.pull, report.pull_reason) == ("everything", hashes.RULES_CHANGED)
     assert report.dwh["f_order"] == {"inserted": 1, "updated": 0, "deleted": 0}
     assert _in_dwh(db, expensive) and _quarantined(db) == []
     assert "rich@buyer.example" in _customers_in_mart(db)
@@ -220,7 +223,7 @@ def test_a_warehouse_from_before_the_fingerprints_is_brought_up_to_date_once(
 
     report = run(db)
 
-    assert (report.pull, report.pull_reason) == ("everything", delta.RULES_CHANGED)
+    assert (report.pull, report.pull_reason) == ("everything", hashes.RULES_CHANGED)
     assert {n: report.marts[n]["full_reason"] for n in MARTS} == {
         n: refresh.DEFINITION_CHANGED for n in MARTS}
     assert all(report.marts[n]["rows_updated"] == 0 for n in MARTS)

@@ -1,6 +1,6 @@
 """Pulls that follow the change: row hashes compared, only changed rows pulled in full.
 
-The comparison itself (``delta.compare``) is a pure function, checked by properties;
+The comparison itself (``transform.changes.compare``) is a pure function, checked by properties;
 the runs around it are checked on a real server against a full rebuild.
 """
 
@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 from test_dwh_load import add_source4_sale, create_source4
 from test_incremental import assert_incremental_is_full, set_field
 
-from craftmart_batch import delta, pipeline
+from craftmart_batch import pipeline
 from craftmart_batch._database import Database
+from craftmart_batch.extract import hashes
+from craftmart_batch.transform import changes
 
 D = dt.date
 HASHES = {"source_name": pl.String, "source_order_id": pl.Int64, "row_hash": pl.Int64}
@@ -48,7 +50,7 @@ def test_compare_flags_exactly_the_keys_whose_rows_may_differ(
     kept = {(s, k): h for s, k, h in stored if k is not None}
     stored_frame = _frame([(s, k, h) for (s, k), h in kept.items()])
 
-    result = delta.compare(_frame(current), stored_frame)
+    result = changes.compare(_frame(current), stored_frame)
 
     seen = Counter((s, k) for s, k, _ in current if k is not None)
     hash_of = {(s, k): h for s, k, h in current if k is not None}
@@ -66,7 +68,7 @@ def test_compare_flags_exactly_the_keys_whose_rows_may_differ(
 
 def test_compare_of_unchanged_rows_is_empty() -> None:
     hashes = _frame([("s1", 1, 10), ("s1", 2, 20), ("s2", 1, 30)])
-    result = delta.compare(hashes, hashes)
+    result = changes.compare(hashes, hashes)
     assert result.is_empty
     assert result.rows == {"s1": 2, "s2": 1}
 
@@ -89,7 +91,7 @@ def test_a_run_pulls_only_the_changed_row_and_the_latest_rows_it_needs(
     create_sources(db)
     keys = _orders(db, 12)
     first = run(db)
-    assert (first.pull, first.pull_reason) == ("everything", delta.FIRST_RUN)
+    assert (first.pull, first.pull_reason) == ("everything", hashes.FIRST_RUN)
     assert first.pulled == {"source1": 12}
 
     set_field(db, "source1", keys[3], "product_price", 555)
@@ -156,7 +158,7 @@ def test_a_changed_mapping_pulls_everything_again(db: Database, tmp_path: Path) 
     config = create_source4(db, tmp_path)
     run(db)
     report = run(db, config=config)  # a source was registered
-    assert (report.pull, report.pull_reason) == ("everything", delta.VERSION_OR_QUERIES_CHANGED)
+    assert (report.pull, report.pull_reason) == ("everything", hashes.VERSION_OR_QUERIES_CHANGED)
     assert run(db, config=config).pull == "changes"
 
 
@@ -170,7 +172,7 @@ def test_many_changes_pull_everything(db: Database) -> None:
     report = run(db)
 
     # half the rows changed: past FULL_PULL_SHARE
-    assert (report.pull, report.pull_reason) == ("everything", delta.MANY_CHANGES)
+    assert (report.pull, report.pull_reason) == ("everything", hashes.MANY_CHANGES)
     assert pipeline.FULL_PULL_SHARE < 0.5
     assert query(db, "select count(*) from dwh.f_order where product_price = 999").item() == 2
 
@@ -202,6 +204,6 @@ def test_rows_without_a_key_or_with_a_repeated_key_are_pulled_every_run(
     assert query(db, "select count(*) from craftmart.quarantine").item() == 2
     before = warehouse_state(db)
     full = run(db, config=config, full=True)
-    assert (full.pull, full.pull_reason) == ("everything", delta.FULL_RUN)
+    assert (full.pull, full.pull_reason) == ("everything", hashes.FULL_RUN)
     assert full.dwh == report.dwh
     assert _data(warehouse_state(db)) == _data(before)

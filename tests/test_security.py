@@ -19,7 +19,6 @@ import pytest
 from conftest import TEST_DSN_VARIABLE
 from helpers import MARTS, SOURCES, add_order, create_sources, query, run, sql
 
-from craftmart_batch import extract
 from craftmart_batch._database import (
     Database,
     connect,
@@ -31,6 +30,7 @@ from craftmart_batch._database import (
 from craftmart_batch._sql import execute, fetch_value
 from craftmart_batch.config import load_settings
 from craftmart_batch.errors import CraftmartError
+from craftmart_batch.extract import read
 
 #: A password with every character that needs quoting in a DSN or a URI.
 PASSWORD = "S3cr3t-" + uuid.uuid4().hex[:8] + "-p@ss:w/rd?#%&= 'q'\\x"
@@ -292,7 +292,7 @@ def test_a_password_is_not_echoed_when_the_database_refuses(
 def _pull_error(params: dict[str, str]) -> str:
     sources = load_settings(None, dsn="host=unused").sources
     with pytest.raises(CraftmartError) as error:
-        extract.pull_sources(Database(params), sources)
+        read.pull_sources(Database(params), sources)
     return str(error.value)
 
 

@@ -9,10 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .errors import CraftmartError
+
+if TYPE_CHECKING:
+    from ._sql import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +349,7 @@ def _tune_embedded(db: Database) -> None:
         cur.close()
 
 
-def connect(db: Database, *, autocommit: bool = False) -> Any:
+def connect(db: Database, *, autocommit: bool = False) -> Connection:
     """Open an ADBC connection; failures become one redacted line."""
     import adbc_driver_postgresql.dbapi as adbc
 
@@ -360,7 +363,7 @@ def connect(db: Database, *, autocommit: bool = False) -> Any:
 
 
 @contextmanager
-def connection(db: Database, *, autocommit: bool = False) -> Iterator[Any]:
+def connection(db: Database, *, autocommit: bool = False) -> Iterator[Connection]:
     """An ADBC connection closed on exit; rolled back unless committed."""
     conn = connect(db, autocommit=autocommit)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
@@ -16,6 +16,27 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 logger = logging.getLogger(__name__)
+
+
+class Cursor(Protocol):
+    """What craftmart-batch uses of a DB-API cursor of the ADBC PostgreSQL driver."""
+
+    def execute(self, operation: str, parameters: Any = None) -> None: ...
+    def fetchone(self) -> tuple[Any, ...] | None: ...
+    def fetchall(self) -> list[tuple[Any, ...]]: ...
+    def fetch_arrow_table(self) -> pa.Table: ...
+    def adbc_ingest(self, table_name: str, data: Any, mode: str = ..., *,
+                    db_schema_name: str | None = ..., temporary: bool = ...) -> int: ...
+    def close(self) -> None: ...
+
+
+class Connection(Protocol):
+    """What craftmart-batch uses of an ADBC connection: cursors and the transaction."""
+
+    def cursor(self) -> Cursor: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def split_statements(script: str) -> list[str]:
@@ -43,7 +64,7 @@ def _has_code(statement: str) -> bool:
     )
 
 
-def execute(conn: Any, sql: str, parameters: Sequence[Any] | None = None) -> None:
+def execute(conn: Connection, sql: str, parameters: Sequence[Any] | None = None) -> None:
     cur = conn.cursor()
     try:
         cur.execute(sql, parameters=parameters)
@@ -51,12 +72,14 @@ def execute(conn: Any, sql: str, parameters: Sequence[Any] | None = None) -> Non
         cur.close()
 
 
-def execute_script(conn: Any, script: str) -> None:
+def execute_script(conn: Connection, script: str) -> None:
     for statement in split_statements(script):
         execute(conn, statement)
 
 
-def fetch_frame(conn: Any, sql: str, parameters: Sequence[Any] | None = None) -> pl.DataFrame:
+def fetch_frame(
+    conn: Connection, sql: str, parameters: Sequence[Any] | None = None
+) -> pl.DataFrame:
     """Run a query on the connection (inside its transaction) and return a Polars frame."""
     cur = conn.cursor()
     try:
@@ -68,7 +91,7 @@ def fetch_frame(conn: Any, sql: str, parameters: Sequence[Any] | None = None) ->
     return frame
 
 
-def fetch_value(conn: Any, sql: str, parameters: Sequence[Any] | None = None) -> Any:
+def fetch_value(conn: Connection, sql: str, parameters: Sequence[Any] | None = None) -> Any:
     cur = conn.cursor()
     try:
         cur.execute(sql, parameters=parameters)
@@ -96,7 +119,7 @@ def arrow_stream(frame: pl.DataFrame) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(schema, batches)
 
 
-def append(conn: Any, schema: str, table: str, frame: pl.DataFrame) -> None:
+def append(conn: Connection, schema: str, table: str, frame: pl.DataFrame) -> None:
     """Append a frame to an existing table with binary COPY, streamed slice by slice."""
     cur = conn.cursor()
     try:
@@ -106,7 +129,7 @@ def append(conn: Any, schema: str, table: str, frame: pl.DataFrame) -> None:
 
 
 def stage(
-    conn: Any, name: str, frame: pl.DataFrame, *, analyze: Sequence[str] | None = None
+    conn: Connection, name: str, frame: pl.DataFrame, *, analyze: Sequence[str] | None = None
 ) -> str:
     """Bulk-load a frame into a new temporary table (binary COPY); return its quoted name.
 

@@ -13,7 +13,7 @@ beside its results and compared by every run:
   ``craftmart.source_rows_state``; when it differs, the next run pulls and validates
   every source row again (``delta.full_pull_reason``).
 - **a mart's definition** (``mart_fingerprint``): ``transform/marts.py``, what
-  ``refresh.py`` reads for the mart and which entities a change touches, and the
+  ``load/refresh.py`` reads for the mart and which entities a change touches, and the
   module of the mart's own ``compute`` function. Stored per mart in
   ``craftmart.mart_state``; when it differs, the next run rebuilds that mart in full,
   as ``run --full`` does (``refresh.refresh``).
@@ -50,7 +50,7 @@ from typing import Protocol
 import polars as pl
 
 from . import __version__
-from .transform import diff, identity, marts, validate
+from .transform import changes, diff, identity, marts, validate
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ RULES_REVISION = 1
 MARTS_REVISION = 1
 
 #: The modules that decide which rows are valid and what the DWH holds for them.
-RULES_MODULES: tuple[ModuleType, ...] = (validate, identity, diff)
+RULES_MODULES: tuple[ModuleType, ...] = (validate, identity, diff, changes)
 
 
 class MartDefinition(Protocol):
@@ -89,7 +89,7 @@ def rules_fingerprint() -> str:
 
 def mart_fingerprint(mart: MartDefinition) -> str:
     """The fingerprint of one mart's definition, as this process computes the mart."""
-    from . import refresh  # refresh imports this module
+    from .load import refresh  # refresh imports this module
 
     compute = inspect.unwrap(mart.compute)
     compute_module = inspect.getmodule(compute)

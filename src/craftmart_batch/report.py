@@ -11,10 +11,10 @@ from typing import Any
 import polars as pl
 
 from ._database import Database, connection
-from ._sql import fetch_frame, fetch_value
+from ._sql import Connection, fetch_frame, fetch_value
 from .errors import CraftmartError
-from .pipeline import RunReport
-from .refresh import MARTS
+from .load.refresh import MARTS
+from .load.runs import RunReport
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _mart_mode(refreshed: dict[str, Any]) -> str:
     return f"full ({reason})" if reason else "full"
 
 
-def require_warehouse(conn: Any) -> None:
+def require_warehouse(conn: Connection) -> None:
     """Refuse a database craftmart-batch has never run on, in one line."""
     if fetch_value(conn, "select to_regclass('craftmart.schema_migrations')::text") is None:
         raise CraftmartError("no warehouse in this database yet: run `craftmart-batch run` first")
@@ -322,7 +322,7 @@ def status(db: Database, *, as_json: bool, max_age: float | None = None) -> str:
 # --------------------------------------------------------------------------- history
 
 
-def _runs(conn: Any, *, limit: int) -> list[dict[str, Any]]:
+def _runs(conn: Connection, *, limit: int) -> list[dict[str, Any]]:
     """The last runs, newest first, with their stats summed up for people."""
     frame = fetch_frame(
         conn,

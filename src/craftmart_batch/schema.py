@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import re
 from importlib import resources
-from typing import Any
 
-from ._sql import execute, fetch_value, split_statements
+from ._sql import Connection, execute, fetch_value, split_statements
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def current_version(conn: Any) -> int:
+def current_version(conn: Connection) -> int:
     """The highest applied migration, 0 for a database craftmart-batch never touched."""
     if fetch_value(conn, "select to_regclass('craftmart.schema_migrations')::text") is None:
         return 0
@@ -34,7 +33,7 @@ def current_version(conn: Any) -> int:
     )
 
 
-def migrate(conn: Any) -> list[str]:
+def migrate(conn: Connection) -> list[str]:
     """Apply missing migrations inside the caller's transaction; return their names.
 
     Idempotent: a database at the latest version is not touched. The caller holds the
@@ -63,7 +62,7 @@ _CREATE_SCHEMA_IF_NOT_EXISTS = re.compile(
 )
 
 
-def _creates_an_existing_schema(conn: Any, statement: str) -> bool:
+def _creates_an_existing_schema(conn: Connection, statement: str) -> bool:
     """Whether ``statement`` is ``create schema if not exists S`` for an S that exists.
 
     PostgreSQL checks CREATE on the database before it looks whether the schema exists,

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from helpers import DEFAULT_ORDER
 
-from craftmart_batch.extract import CANONICAL_SCHEMA
+from craftmart_batch.extract.queries import CANONICAL_SCHEMA
 from craftmart_batch.transform.identity import Warehouse, build_warehouse
 from craftmart_batch.transform.validate import validate
 

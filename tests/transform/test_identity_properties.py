@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from craftmart_batch.extract import CANONICAL_SCHEMA
+from craftmart_batch.extract.queries import CANONICAL_SCHEMA
 from craftmart_batch.transform.diff import diff_table
 from craftmart_batch.transform.identity import (
     CRAFTSMAN_ATTRS,

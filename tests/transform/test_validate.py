@@ -12,7 +12,7 @@ import pytest
 from helpers import DEFAULT_ORDER
 
 from craftmart_batch.config import CANONICAL_FIELDS
-from craftmart_batch.extract import CANONICAL_SCHEMA
+from craftmart_batch.extract.queries import CANONICAL_SCHEMA
 from craftmart_batch.transform.validate import (
     DATE_FIELDS,
     DUPLICATE_RULE,

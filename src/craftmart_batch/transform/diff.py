@@ -1,4 +1,5 @@
-"""New, changed and deleted rows of one table, target against current, by natural key."""
+"""New, changed and deleted rows, target against current, by natural key: per table and for
+the whole DWH, or the part of it a set of changed orders reaches."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
+
+from .identity import (
+    CRAFTSMAN_ATTRS,
+    CRAFTSMAN_KEY,
+    CUSTOMER_ATTRS,
+    CUSTOMER_KEY,
+    ORDER_ATTRS,
+    ORDER_KEY,
+    PRODUCT_ATTRS,
+    PRODUCT_KEY,
+    Warehouse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +96,69 @@ def diff_table(
         updates=flagged.filter(pl.col(_EXISTS) & pl.col("__differs")).select(columns),
         deleted=current.join(target.select(key), on=key, how="anti", nulls_equal=True),
     )
+
+
+@dataclass(frozen=True)
+class WarehouseDiff:
+    craftsmen: TableDiff
+    customers: TableDiff
+    products: TableDiff
+    orders: TableDiff
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            table: {"inserted": d.inserted, "updated": d.updated, "deleted": d.deleted.height}
+            for table, d in zip(
+                DWH_TABLES, (self.craftsmen, self.customers, self.products, self.orders),
+                strict=True,
+            )
+        }
+
+
+DWH_TABLES = ("d_craftsman", "d_customer", "d_product", "f_order")
+
+
+def no_changes() -> dict[str, dict[str, int]]:
+    """``WarehouseDiff.counts`` of a run that changed nothing."""
+    return {table: {"inserted": 0, "updated": 0, "deleted": 0} for table in DWH_TABLES}
+
+
+def diff_warehouse(current: Warehouse, target: Warehouse) -> WarehouseDiff:
+    """Everything that differs between the DWH and what the sources say, by natural key."""
+    target_orders = target.orders.cast({"order_status": pl.String})
+    return WarehouseDiff(
+        craftsmen=diff_table(current.craftsmen, target.craftsmen, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
+        customers=diff_table(current.customers, target.customers, CUSTOMER_KEY, CUSTOMER_ATTRS),
+        products=diff_table(current.products, target.products, PRODUCT_KEY, PRODUCT_ATTRS),
+        orders=diff_table(current.orders, target_orders, ORDER_KEY, ORDER_ATTRS),
+    )
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The part of the DWH a set of changed orders can reach, read in the run's transaction.
+
+    ``current`` holds the changed orders as the DWH has them, and the entities they
+    touch: the craftsmen, customers and products they named before (per ``f_order``) and
+    name now. An entity's attributes come from its most recent valid row (SPEC §2); its
+    rows are its changed rows and its unchanged ones, and of the unchanged ones only the
+    most recent can win. ``latest_unchanged`` holds that row's key for every touched
+    entity: with the changed rows, the rows that resolve every touched entity.
+    """
+
+    current: Warehouse
+    craftsmen: pl.DataFrame  # craftsman_email of every touched craftsman
+    customers: pl.DataFrame  # customer_email of every touched customer
+    products: pl.DataFrame  # PRODUCT_KEY of every touched product
+    latest_unchanged: pl.DataFrame  # source_name, source_order_id
+
+    def restrict(self, target: Warehouse, changed: pl.DataFrame) -> Warehouse:
+        """``target``, built from the scope's rows, cut down to the touched entities and
+        the ``changed`` orders: what the diff compares with ``current``."""
+        return Warehouse(
+            craftsmen=target.craftsmen.join(self.craftsmen, on=list(CRAFTSMAN_KEY), how="semi"),
+            customers=target.customers.join(self.customers, on=list(CUSTOMER_KEY), how="semi"),
+            products=target.products.join(self.products, on=list(PRODUCT_KEY), how="semi",
+                                          nulls_equal=True),
+            orders=target.orders.join(changed, on=list(ORDER_KEY), how="semi"),
+        )

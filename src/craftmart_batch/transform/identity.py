@@ -7,14 +7,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from .validate import normalised_email
+from .validate import ORDER_KEY, normalised_email
 
 logger = logging.getLogger(__name__)
 
 CRAFTSMAN_KEY = ("craftsman_email",)
 CUSTOMER_KEY = ("customer_email",)
 PRODUCT_KEY = ("craftsman_email", "product_name", "product_description")
-ORDER_KEY = ("source_name", "source_order_id")
 
 CRAFTSMAN_ATTRS = ("craftsman_name", "craftsman_address", "craftsman_birthday")
 CUSTOMER_ATTRS = ("customer_name", "customer_address", "customer_birthday")
@@ -101,3 +100,24 @@ def build_warehouse(valid: pl.DataFrame) -> Warehouse:
         products=latest_per_key(rows, order, PRODUCT_KEY, PRODUCT_ATTRS),
         orders=rows.select(*ORDER_KEY, *ORDER_ATTRS),
     )
+
+
+@dataclass(frozen=True)
+class SurrogateIds:
+    """Every entity's surrogate id by natural key, as the DWH holds them after the write."""
+
+    craftsmen: pl.DataFrame  # craftsman_id, craftsman_email
+    customers: pl.DataFrame  # customer_id, customer_email
+    products: pl.DataFrame  # product_id, craftsman_email, product_name, product_description
+
+    def resolve(self, orders: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+        """Orders by natural key -> ``columns`` of the same orders with their entities'
+        ids (one lazy plan, no full-width intermediate)."""
+        return (
+            orders.lazy()
+            .join(self.craftsmen.lazy(), on="craftsman_email", how="left")
+            .join(self.customers.lazy(), on="customer_email", how="left")
+            .join(self.products.lazy(), on=list(PRODUCT_KEY), how="left", nulls_equal=True)
+            .select(columns)
+            .collect()
+        )

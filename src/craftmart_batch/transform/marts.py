@@ -37,6 +37,7 @@ from decimal import Decimal
 import polars as pl
 
 from ..errors import CraftmartError
+from .validate import STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,7 @@ ORDERS_SCHEMA = pl.Schema(
     }
 )
 
-_STATUS_COUNTS = {
-    "count_order_created": "created",
-    "count_order_in_progress": "in progress",
-    "count_order_delivery": "delivery",
-    "count_order_done": "done",
-}
+_STATUS_COUNTS = {f"count_order_{status.replace(' ', '_')}": status for status in STATUSES}
 
 MONEY = pl.Decimal(15, 2)
 AVG_PRICE = pl.Decimal(10, 2)

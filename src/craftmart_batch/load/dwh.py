@@ -1,30 +1,26 @@
-"""ADBC: the current DWH read in, the diff and the quarantine written back, set-based."""
+"""ADBC: the current DWH (or the part a change reaches) read in, the diff written back,
+set-based."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 
-from ._database import quote_ident, quote_literal
-from ._sql import execute, fetch_frame, stage
-from .transform.diff import TableDiff, diff_table
-from .transform.identity import (
-    CRAFTSMAN_ATTRS,
+from .._database import quote_ident, quote_literal
+from .._sql import Connection, execute, fetch_frame, stage
+from ..transform.diff import Scope, TableDiff, WarehouseDiff
+from ..transform.identity import (
     CRAFTSMAN_KEY,
-    CUSTOMER_ATTRS,
     CUSTOMER_KEY,
-    ORDER_ATTRS,
     ORDER_KEY,
-    PRODUCT_ATTRS,
     PRODUCT_KEY,
+    SurrogateIds,
     Warehouse,
 )
-from .transform.validate import normalised_email
+from ..transform.validate import normalised_email
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +45,7 @@ _COLUMNS = {
 }
 
 
-def read_current(conn: Any) -> Warehouse:
+def read_current(conn: Connection) -> Warehouse:
     """The DWH as it is now, by natural key, with surrogate ids (read in the run's
     transaction, so it is exactly what the diff will be applied to)."""
     craftsmen, customers, products, orders = (
@@ -78,38 +74,8 @@ def _by_natural_key(
     return Warehouse(craftsmen, customers, products, orders)
 
 
-@dataclass(frozen=True)
-class Scope:
-    """The part of the DWH a set of changed orders can reach, read in the run's transaction.
-
-    ``current`` holds the changed orders as the DWH has them, and the entities they
-    touch: the craftsmen, customers and products they named before (per ``f_order``) and
-    name now. An entity's attributes come from its most recent valid row (SPEC §2); its
-    rows are its changed rows and its unchanged ones, and of the unchanged ones only the
-    most recent can win. ``latest_unchanged`` holds that row's key for every touched
-    entity: with the changed rows, the rows that resolve every touched entity.
-    """
-
-    current: Warehouse
-    craftsmen: pl.DataFrame  # craftsman_email of every touched craftsman
-    customers: pl.DataFrame  # customer_email of every touched customer
-    products: pl.DataFrame  # PRODUCT_KEY of every touched product
-    latest_unchanged: pl.DataFrame  # source_name, source_order_id
-
-    def restrict(self, target: Warehouse, changed: pl.DataFrame) -> Warehouse:
-        """``target``, built from the scope's rows, cut down to the touched entities and
-        the ``changed`` orders: what the diff compares with ``current``."""
-        return Warehouse(
-            craftsmen=target.craftsmen.join(self.craftsmen, on=list(CRAFTSMAN_KEY), how="semi"),
-            customers=target.customers.join(self.customers, on=list(CUSTOMER_KEY), how="semi"),
-            products=target.products.join(self.products, on=list(PRODUCT_KEY), how="semi",
-                                          nulls_equal=True),
-            orders=target.orders.join(changed, on=list(ORDER_KEY), how="semi"),
-        )
-
-
 def read_scope(
-    conn: Any, changed: pl.DataFrame, changed_rows: pl.DataFrame, ranks: dict[str, int]
+    conn: Connection, changed: pl.DataFrame, changed_rows: pl.DataFrame, ranks: dict[str, int]
 ) -> Scope:
     """What the ``changed`` orders (keys; their valid source rows are ``changed_rows``)
     reach in the DWH: see ``Scope``. ``ranks`` is every source's rank (``RECENCY``)."""
@@ -175,13 +141,13 @@ def read_scope(
     )
 
 
-def _create_scope_table(conn: Any, table: str, query: str) -> None:
+def _create_scope_table(conn: Connection, table: str, query: str) -> None:
     execute(conn, f"drop table if exists pg_temp.scope_{table}")
     execute(conn, f"create temporary table scope_{table} as {query}")
     execute(conn, f"analyze pg_temp.scope_{table}")
 
 
-def _latest_unchanged(conn: Any, keys: str, ranks: dict[str, int]) -> pl.DataFrame:
+def _latest_unchanged(conn: Connection, keys: str, ranks: dict[str, int]) -> pl.DataFrame:
     """For every touched entity (the ``pg_temp.scope_d_*`` tables), the key of its most
     recent order (by ``RECENCY``) among those not in ``keys``: a walk down the entity's
     ``(id, order_created_date)`` index that stops at the first unchanged order."""
@@ -214,65 +180,8 @@ def _latest_unchanged(conn: Any, keys: str, ranks: dict[str, int]) -> pl.DataFra
     ).cast({"source_name": pl.String, "source_order_id": pl.Int64})
 
 
-@dataclass(frozen=True)
-class WarehouseDiff:
-    craftsmen: TableDiff
-    customers: TableDiff
-    products: TableDiff
-    orders: TableDiff
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        return {
-            table: {"inserted": d.inserted, "updated": d.updated, "deleted": d.deleted.height}
-            for table, d in zip(
-                DWH_TABLES, (self.craftsmen, self.customers, self.products, self.orders),
-                strict=True,
-            )
-        }
-
-
-DWH_TABLES = ("d_craftsman", "d_customer", "d_product", "f_order")
-
-
-def no_changes() -> dict[str, dict[str, int]]:
-    """``WarehouseDiff.counts`` of a run that changed nothing."""
-    return {table: {"inserted": 0, "updated": 0, "deleted": 0} for table in DWH_TABLES}
-
-
-def diff_warehouse(current: Warehouse, target: Warehouse) -> WarehouseDiff:
-    """Everything that differs between the DWH and what the sources say, by natural key."""
-    target_orders = target.orders.cast({"order_status": pl.String})
-    return WarehouseDiff(
-        craftsmen=diff_table(current.craftsmen, target.craftsmen, CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
-        customers=diff_table(current.customers, target.customers, CUSTOMER_KEY, CUSTOMER_ATTRS),
-        products=diff_table(current.products, target.products, PRODUCT_KEY, PRODUCT_ATTRS),
-        orders=diff_table(current.orders, target_orders, ORDER_KEY, ORDER_ATTRS),
-    )
-
-
-@dataclass(frozen=True)
-class SurrogateIds:
-    """Every entity's surrogate id by natural key, as the DWH holds them after the write."""
-
-    craftsmen: pl.DataFrame  # craftsman_id, craftsman_email
-    customers: pl.DataFrame  # customer_id, customer_email
-    products: pl.DataFrame  # product_id, craftsman_email, product_name, product_description
-
-    def resolve(self, orders: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-        """Orders by natural key -> ``columns`` of the same orders with their entities'
-        ids (one lazy plan, no full-width intermediate)."""
-        return (
-            orders.lazy()
-            .join(self.craftsmen.lazy(), on="craftsman_email", how="left")
-            .join(self.customers.lazy(), on="customer_email", how="left")
-            .join(self.products.lazy(), on=list(PRODUCT_KEY), how="left", nulls_equal=True)
-            .select(columns)
-            .collect()
-        )
-
-
 def write_warehouse(
-    conn: Any, current: Warehouse, diff: WarehouseDiff, *, first_load: bool = False
+    conn: Connection, current: Warehouse, diff: WarehouseDiff, *, first_load: bool = False
 ) -> SurrogateIds:
     """Apply the diff: dimensions first, then facts, then entities left without orders.
 
@@ -376,7 +285,7 @@ def _changed(
 
 
 def _log_attribute_touches(
-    conn: Any, current: Warehouse, diff: WarehouseDiff, ids: SurrogateIds
+    conn: Connection, current: Warehouse, diff: WarehouseDiff, ids: SurrogateIds
 ) -> None:
     """Log the owners of orders whose mart values change through a dimension.
 
@@ -401,7 +310,7 @@ def _log_attribute_touches(
         _log_orders_of(conn, f"f.customer_id in (select customer_id from {staged})")
 
 
-def _log_orders_of(conn: Any, condition: str) -> None:
+def _log_orders_of(conn: Connection, condition: str) -> None:
     execute(
         conn,
         f"""
@@ -414,7 +323,7 @@ def _log_orders_of(conn: Any, condition: str) -> None:
 
 
 @contextmanager
-def _secondary_indexes_dropped(conn: Any, schema: str, table: str) -> Iterator[None]:
+def _secondary_indexes_dropped(conn: Connection, schema: str, table: str) -> Iterator[None]:
     """Drop a table's non-unique indexes for a bulk insert, then build them again.
 
     Inside the run's transaction: a failure rolls the drop back with everything else.
@@ -438,7 +347,7 @@ def _secondary_indexes_dropped(conn: Any, schema: str, table: str) -> Iterator[N
 
 
 def _upsert_person(
-    conn: Any, entity: str, current: pl.DataFrame, table_diff: TableDiff
+    conn: Connection, entity: str, current: pl.DataFrame, table_diff: TableDiff
 ) -> pl.DataFrame:
     """Write new and changed people; return every person's (id, email) after the write."""
     id_col, email = f"{entity}_id", f"{entity}_email"
@@ -463,7 +372,7 @@ def _upsert_person(
 
 
 def _upsert_products(
-    conn: Any, current: pl.DataFrame, table_diff: TableDiff, craftsman_ids: pl.DataFrame
+    conn: Connection, current: pl.DataFrame, table_diff: TableDiff, craftsman_ids: pl.DataFrame
 ) -> pl.DataFrame:
     """Write new and changed products; return every product's id by natural key."""
     ids = current.select("product_id", *PRODUCT_KEY)
@@ -499,7 +408,7 @@ def _upsert_products(
     ])
 
 
-def _delete_by_id(conn: Any, table: str, id_column: str, deleted: pl.DataFrame) -> None:
+def _delete_by_id(conn: Connection, table: str, id_column: str, deleted: pl.DataFrame) -> None:
     if deleted.is_empty():
         return
     staged = stage(conn, f"stage_{table}_deleted", deleted.select(id_column))
@@ -510,83 +419,3 @@ def _delete_by_id(conn: Any, table: str, id_column: str, deleted: pl.DataFrame) 
     )
 
 
-def write_quarantine(
-    conn: Any, quarantine: pl.DataFrame, scope: pl.DataFrame | None = None
-) -> dict[str, int]:
-    """Make ``craftmart.quarantine`` hold exactly the current invalid rows.
-
-    Rows still invalid in the same way are left alone (their ``first_seen`` stays);
-    rows fixed or gone leave; new ones arrive. Returns how many left and arrived.
-    With ``scope`` (``source_name, source_order_id``; a null key standing for a source's
-    rows without a key) only rows of those orders are considered: ``quarantine`` holds
-    the invalid rows among them, and every other quarantine row stays as it is.
-    """
-    staged = stage(
-        conn,
-        "stage_quarantine",
-        quarantine.with_columns(pl.col("reasons", "out_of_range").list.join(",")),
-    )
-    # raw holds the source key too: equal raw rows are rows of the same order
-    same_row = """
-        staged.source_name = q.source_name
-        and staged.raw::jsonb = q.raw
-        and string_to_array(staged.reasons, ',') = q.reasons
-    """
-    in_scope = ""
-    if scope is not None:
-        staged_scope = stage(conn, "stage_quarantine_scope", scope.select(ORDER_KEY))
-        execute(conn, "drop table if exists pg_temp.quarantine_in_scope")
-        execute(
-            conn,
-            f"""
-            create temporary table quarantine_in_scope as
-            select q.quarantine_id
-            from craftmart.quarantine as q
-            inner join {staged_scope} as s
-                on s.source_name = q.source_name and s.source_order_id = q.source_order_id
-            union all
-            select q.quarantine_id
-            from craftmart.quarantine as q
-            inner join (
-                select distinct source_name from {staged_scope} where source_order_id is null
-            ) as s on s.source_name = q.source_name
-            where q.source_order_id is null
-            """,
-        )
-        in_scope = """
-            using pg_temp.quarantine_in_scope as in_scope
-            where in_scope.quarantine_id = q.quarantine_id and"""
-    left = fetch_frame(
-        conn,
-        f"""
-        with left_quarantine as (
-            delete from craftmart.quarantine as q
-            {in_scope or "where"}
-                not exists (select from {staged} as staged where {same_row})
-            returning 1
-        )
-        select count(*) as n from left_quarantine
-        """,
-    ).item()
-    arrived = fetch_frame(
-        conn,
-        f"""
-        with arrived as (
-            insert into craftmart.quarantine (
-                source_name, source_order_id, reasons, raw, out_of_range, first_seen
-            )
-            select
-                staged.source_name,
-                staged.source_order_id,
-                string_to_array(staged.reasons, ','),
-                staged.raw::jsonb,
-                string_to_array(staged.out_of_range, ','),
-                {RUN_TS}
-            from {staged} as staged
-            where not exists (select from craftmart.quarantine as q where {same_row})
-            returning 1
-        )
-        select count(*) as n from arrived
-        """,
-    ).item()
-    return {"left": int(left), "arrived": int(arrived)}

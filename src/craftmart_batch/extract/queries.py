@@ -1,18 +1,17 @@
-"""connectorx: every registered source -> one canonical Polars frame of order rows."""
+"""The source queries: each registered source's tables -> canonical order rows, in SQL."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
-from typing import Any
 
 import polars as pl
 
-from ._database import Database, first_line, quote_ident, quote_literal, redact
-from .config import CANONICAL_FIELDS, ORDER_TABLE_ALIAS, Source
-from .errors import CraftmartError
-from .transform.validate import FIRST_DATE, LAST_DATE, OUT_OF_RANGE
+from .._database import quote_ident, quote_literal
+from .._sql import Connection
+from ..config import CANONICAL_FIELDS, ORDER_TABLE_ALIAS, Source
+from ..errors import CraftmartError
+from ..transform.validate import FIRST_DATE, LAST_DATE, OUT_OF_RANGE
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ _FIRST_DATE = f"date {quote_literal(FIRST_DATE.isoformat())}"
 _LAST_DATE = f"date {quote_literal(LAST_DATE.isoformat())}"
 
 
-def check_sources(conn: Any, sources: Sequence[Source]) -> None:
+def check_sources(conn: Connection, sources: Sequence[Source]) -> None:
     """Refuse, before anything is written, a source whose schema, table or column is
     missing or has a type the canonical row cannot take. One line names the object."""
     cur = conn.cursor()
@@ -197,62 +196,3 @@ def pull_query(
             where += f" or {key} is null"
     return (f"select {columns}, {ROW_HASH} as row_hash\n"
             f"from (\n{source_query(source, where)}\n) as canonical")
-
-
-def rows_per_source(frame: pl.DataFrame) -> dict[str, int]:
-    """How many rows of ``frame`` each ``source_name`` has."""
-    counted = frame.group_by("source_name").len()
-    return dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True))
-
-
-HASH_SCHEMA: dict[str, pl.DataType] = {
-    "source_name": pl.String(),
-    "source_order_id": pl.Int64(),
-    "row_hash": pl.Int64(),
-}
-
-
-def pull_hashes(db: Database, sources: Sequence[Source]) -> pl.DataFrame:
-    """Every source row's key and hash (``source_name, source_order_id, row_hash``)."""
-    return _read(db, [pull_query(s, fields=False) for s in sources], HASH_SCHEMA)
-
-
-def pull_sources(
-    db: Database, sources: Sequence[Source], keys: pl.DataFrame | None = None
-) -> pl.DataFrame:
-    """Read sources with connectorx (one query per source, in parallel) into one canonical
-    frame, with each row's hash in ``row_hash``.
-
-    ``keys`` (``source_name, source_order_id``) limits the pull to those orders of the
-    sources it names (a null key: the source's rows without a key); without it every row
-    is read.
-    """
-    if keys is None:
-        queries = [pull_query(s) for s in sources]
-    else:
-        wanted = keys.group_by("source_name").agg("source_order_id")
-        by_source = dict(zip(wanted["source_name"], wanted["source_order_id"], strict=True))
-        queries = [pull_query(s, keys=by_source[s.name]) for s in sources if s.name in by_source]
-    return _read(db, queries, {**CANONICAL_SCHEMA, "row_hash": pl.Int64()})
-
-
-def _read(db: Database, queries: list[str], schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """Run queries with connectorx, in parallel, into one frame of ``schema``."""
-    # connectorx's Rust logger prints its pool's retries to stderr; the error itself comes
-    # back as the exception below, so the logger stays off unless RUST_LOG asks for it.
-    # (It reads RUST_LOG once, when the module is first imported.)
-    os.environ.setdefault("RUST_LOG", "off")
-    import connectorx as cx
-
-    if not queries:
-        return pl.DataFrame(schema=schema)
-    try:
-        table = cx.read_sql(db.connectorx_uri(), queries if len(queries) > 1 else queries[0],
-                            return_type="arrow")
-    except Exception as exc:  # connectorx raises bare RuntimeErrors carrying the URI
-        raise CraftmartError(f"reading sources failed: {first_line(redact(str(exc)))}") from None
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    if frame.is_empty():  # an empty result's column types are not to be relied on
-        return pl.DataFrame(schema=schema)
-    return frame.select(pl.col(name).cast(dtype, strict=True) for name, dtype in schema.items())

@@ -9,23 +9,22 @@ from typing import Any
 
 import polars as pl
 
-from . import logic
-from ._sql import append, execute, fetch_frame, fetch_value, stage
-from .load import RUN_TS
-from .transform import marts
+from .. import logic
+from .._sql import Connection, append, execute, fetch_frame, fetch_value, stage
+from ..transform import marts
+from .dwh import RUN_TS
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Mart:
-    """One mart: its table, its watermark table, its entity and what touches an entity."""
+    """One mart of the registry: its table and its entity; its watermark table and what
+    touches an entity are derived from them."""
 
     name: str
     entity_id: str
     compute: Callable[[pl.DataFrame], pl.DataFrame]
-    # union of selects of entity ids changed after the watermark ($1)
-    touched_since: str
 
     @property
     def table(self) -> str:
@@ -39,40 +38,31 @@ class Mart:
     def columns(self) -> list[str]:
         return list(marts.MART_COLUMNS[self.name])
 
+    @property
+    def touched_since(self) -> str:
+        """A union of selects of the entity ids changed after the watermark (``$1``).
 
-# An entity is touched by a change to one of its orders (load_dttm), to its own
-# attributes (its dimension's load_dttm), or by what the change log holds: orders
-# that left it (deleted or moved) and orders whose product type or customer birthday
-# changed (see load._log_attribute_touches).
-CUSTOMER_MART = Mart(
-    name="customer_report_datamart",
-    entity_id="customer_id",
-    compute=marts.customer_report,
-    touched_since="""
-        select customer_id from dwh.f_order where load_dttm > $1::timestamptz
+        An entity is touched by a change to one of its orders (``load_dttm``), to its own
+        attributes (its dimension's ``load_dttm``), or by what the change log holds:
+        orders that left it (deleted or moved) and orders whose product type or
+        customer birthday changed (see ``dwh._log_attribute_touches``).
+        """
+        entity, person = self.entity_id, self.entity_id.removesuffix("_id")
+        return f"""
+        select {entity} from dwh.f_order where load_dttm > $1::timestamptz
         union
-        select customer_id from dwh.d_customer where load_dttm > $1::timestamptz
+        select {entity} from dwh.d_{person} where load_dttm > $1::timestamptz
         union
-        select customer_id from craftmart.order_change_log where changed_at > $1::timestamptz
-    """,
-)
+        select {entity} from craftmart.order_change_log where changed_at > $1::timestamptz
+    """
 
-CRAFTSMAN_MART = Mart(
-    name="craftsman_report_datamart",
-    entity_id="craftsman_id",
-    compute=marts.craftsman_report,
-    touched_since="""
-        select craftsman_id from dwh.f_order where load_dttm > $1::timestamptz
-        union
-        select craftsman_id from dwh.d_craftsman where load_dttm > $1::timestamptz
-        union
-        select craftsman_id from craftmart.order_change_log where changed_at > $1::timestamptz
-    """,
-)
+
+CUSTOMER_MART = Mart("customer_report_datamart", "customer_id", marts.customer_report)
+CRAFTSMAN_MART = Mart("craftsman_report_datamart", "craftsman_id", marts.craftsman_report)
 
 MARTS = (CUSTOMER_MART, CRAFTSMAN_MART)
 
-def _orders_of(conn: Any, mart: Mart, entities: str | None = None) -> pl.DataFrame:
+def _orders_of(conn: Connection, mart: Mart, entities: str | None = None) -> pl.DataFrame:
     """The orders of the ``entities`` (a table of ``entity_id``; every entity when None)
     with what ``mart`` reads of them: each order's values and product type, the other
     person's attribute the mart reads per order (for customers the craftsman's email,
@@ -110,12 +100,12 @@ def _orders_of(conn: Any, mart: Mart, entities: str | None = None) -> pl.DataFra
     )
 
 
-def watermark(conn: Any, mart: Mart) -> Any:
+def watermark(conn: Connection, mart: Mart) -> Any:
     """The stored watermark of a mart (None before its first refresh)."""
     return fetch_value(conn, f"select max(load_dttm)::text from {mart.load_dates}")
 
 
-def stored_definition(conn: Any, mart: Mart) -> str | None:
+def stored_definition(conn: Connection, mart: Mart) -> str | None:
     """The fingerprint of the definition that computed the mart's rows (None before its
     first refresh, or for a mart refreshed before fingerprints were kept)."""
     value = fetch_value(
@@ -150,7 +140,7 @@ class MartRefresh:
 
 
 def refresh(
-    conn: Any, mart: Mart, *, full: bool, dwh_orders: pl.DataFrame | None = None
+    conn: Connection, mart: Mart, *, full: bool, dwh_orders: pl.DataFrame | None = None
 ) -> MartRefresh:
     """Bring one mart up to the DWH inside the caller's transaction.
 
@@ -204,7 +194,9 @@ def refresh(
                        deleted, full_reason)
 
 
-def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tuple[int, int, int]:
+def _write_rows(
+    conn: Connection, mart: Mart, rows: pl.DataFrame, scope_sql: str
+) -> tuple[int, int, int]:
     """Upsert rows that differ; delete rows of the scope that the new rows no longer have."""
     columns = mart.columns
     key = [mart.entity_id, "report_period"]
@@ -252,7 +244,7 @@ def _write_rows(conn: Any, mart: Mart, rows: pl.DataFrame, scope_sql: str) -> tu
     return int(counts["inserted"][0]), int(counts["updated"][0]), int(deleted)
 
 
-def _advance(conn: Any, mart: Mart, definition: str) -> None:
+def _advance(conn: Connection, mart: Mart, definition: str) -> None:
     """Move the watermark to the run's timestamp; keep the definition the rows now follow."""
     execute(conn, f"insert into {mart.load_dates} (load_dttm) values ({RUN_TS})")
     execute(
@@ -266,15 +258,7 @@ def _advance(conn: Any, mart: Mart, definition: str) -> None:
     )
 
 
-def prune_change_log(conn: Any) -> None:
+def prune_change_log(conn: Connection) -> None:
     """Forget change-log rows that every mart's watermark has passed."""
-    execute(
-        conn,
-        """
-        delete from craftmart.order_change_log
-        where changed_at <= least(
-            (select max(load_dttm) from marts.load_dates_customer_report_datamart),
-            (select max(load_dttm) from marts.load_dates_craftsman_report_datamart)
-        )
-        """,
-    )
+    watermarks = ", ".join(f"(select max(load_dttm) from {m.load_dates})" for m in MARTS)
+    execute(conn, f"delete from craftmart.order_change_log where changed_at <= least({watermarks})")

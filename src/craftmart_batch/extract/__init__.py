@@ -1,0 +1,1 @@
+"""Extract: the source queries, their connectorx reads, and change detection's I/O."""

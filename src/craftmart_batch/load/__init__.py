@@ -1,0 +1,1 @@
+"""Load: DWH reads and writes, the quarantine, mart refreshes and run bookkeeping (ADBC)."""

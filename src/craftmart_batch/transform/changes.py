@@ -1,0 +1,79 @@
+"""Which source rows changed: current row hashes against the stored ones (pure Polars)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import polars as pl
+
+from .validate import ORDER_KEY
+
+logger = logging.getLogger(__name__)
+
+#: The key-and-hash frames: every source row as pulled, and as the last run kept it.
+HASH_SCHEMA: dict[str, pl.DataType] = {
+    "source_name": pl.String(),
+    "source_order_id": pl.Int64(),
+    "row_hash": pl.Int64(),
+}
+NO_HASHES = pl.DataFrame(schema=HASH_SCHEMA)
+
+
+def rows_per_source(frame: pl.DataFrame) -> dict[str, int]:
+    """How many rows of ``frame`` each ``source_name`` has."""
+    counted = frame.group_by("source_name").len()
+    return dict(zip(counted["source_name"].to_list(), counted["len"].to_list(), strict=True))
+
+
+@dataclass(frozen=True)
+class SourceDelta:
+    """The source rows a run must pull and process, by key.
+
+    ``changed`` holds the keys (``source_name, source_order_id``) that are new, whose
+    hash changed, that are gone, or that repeat in their source; ``keyless`` the sources
+    that have rows without a key; ``hashes`` the hashes of the keys that are new or
+    changed and appear once; ``rows`` how many rows each source has.
+    """
+
+    changed: pl.DataFrame
+    keyless: tuple[str, ...]
+    hashes: pl.DataFrame
+    rows: dict[str, int]
+
+    @property
+    def is_empty(self) -> bool:
+        return self.changed.is_empty() and not self.keyless
+
+    def pull_keys(self) -> pl.DataFrame:
+        """The keys to pull in full: the changed ones, and every source with keyless rows."""
+        keyless = pl.DataFrame({"source_name": list(self.keyless)},
+                               schema={"source_name": pl.String})
+        return pl.concat([
+            self.changed,
+            keyless.with_columns(pl.lit(None, pl.Int64).alias("source_order_id")),
+        ])
+
+
+#: A row whose key is set and appears once in its source: the rows with a hash to keep.
+KEYED_ONCE = pl.col("source_order_id").is_not_null() & (pl.len().over(ORDER_KEY) == 1)
+
+
+def compare(current: pl.DataFrame, stored: pl.DataFrame) -> SourceDelta:
+    """``current`` hashes (as pulled) against ``stored`` ones (as the last run kept them).
+
+    Both are ``source_name, source_order_id, row_hash``; ``stored`` has unique keys.
+    """
+    has_key = pl.col("source_order_id").is_not_null()
+    flagged = current.with_columns(KEYED_ONCE.alias("__once"))
+    regular = flagged.filter(pl.col("__once")).drop("__once")
+    repeated = flagged.filter(has_key & ~pl.col("__once")).select(ORDER_KEY).unique()
+    new_or_changed = regular.join(stored, on=[*ORDER_KEY, "row_hash"], how="anti")
+    gone_or_repeated = stored.join(regular, on=ORDER_KEY, how="anti").select(ORDER_KEY)
+    changed = pl.concat([new_or_changed.select(ORDER_KEY), gone_or_repeated, repeated]).unique()
+    return SourceDelta(
+        changed=changed.sort(ORDER_KEY),
+        keyless=tuple(sorted(set(current.filter(~has_key)["source_name"].to_list()))),
+        hashes=new_or_changed,
+        rows=rows_per_source(current),
+    )
