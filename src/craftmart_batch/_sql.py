@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ._database import first_line, quote_ident, redact
+from ._signals import checkpoint
 from .errors import CraftmartError
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def execute(conn: Any, sql: str, parameters: Sequence[Any] | None = None) -> Non
         cur.execute(sql, parameters=parameters)
     finally:
         cur.close()
+    checkpoint()
 
 
 def execute_script(conn: Any, script: str) -> None:
@@ -64,6 +66,7 @@ def fetch_frame(conn: Any, sql: str, parameters: Sequence[Any] | None = None) ->
         frame = pl.from_arrow(cur.fetch_arrow_table())
     finally:
         cur.close()
+    checkpoint()
     assert isinstance(frame, pl.DataFrame)
     return frame
 
@@ -75,6 +78,7 @@ def fetch_value(conn: Any, sql: str, parameters: Sequence[Any] | None = None) ->
         row = cur.fetchone()
     finally:
         cur.close()
+    checkpoint()
     return None if row is None else row[0]
 
 
@@ -103,6 +107,7 @@ def append(conn: Any, schema: str, table: str, frame: pl.DataFrame) -> None:
         cur.adbc_ingest(table, arrow_stream(frame), mode="append", db_schema_name=schema)
     finally:
         cur.close()
+    checkpoint()
 
 
 def stage(
@@ -119,6 +124,7 @@ def stage(
         cur.adbc_ingest(name, arrow_stream(frame), mode="create", temporary=True)
     finally:
         cur.close()
+    checkpoint()
     qualified = f"pg_temp.{quote_ident(name)}"
     # Temporary tables have no statistics until analysed; the planner needs them to
     # pick index lookups for a small stage and hash joins for a large one.
