@@ -5,8 +5,8 @@ and nothing committed (or, past the commit, a finished run). This starts `craftm
 run` over and over on a small warehouse (sources changed before each run, one run in
 five `--full`) and sends SIGTERM (or SIGINT) at a random instant: in half of the runs
 after a delay drawn over the length of a whole run, in the other half a few
-milliseconds (0-30) after a random stage starts, where statements and reads begin.
-Every outcome is sorted:
+milliseconds (0-30) after a random stage starts, where statements and reads begin
+(`--stage S`: always a few milliseconds after stage S starts). Every outcome is sorted:
 
     stopped    exit 128 + signal, the one line, no run recorded
     late       the signal came after the commit: exit 0, or 128 + signal (or killed by
@@ -101,6 +101,8 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--signal", choices=["SIGTERM", "SIGINT"], default="SIGTERM")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--stage", choices=STAGES, help="always signal just after this"
+                                                        " stage starts")
     parser.add_argument("--dsn", help="a server to use (a new database is created on it);"
                                       " default: a throwaway embedded server")
     parser.add_argument("--keep", type=Path, default=Path(tempfile.gettempdir())
@@ -141,10 +143,10 @@ def stress(db: Database, opts: argparse.Namespace) -> int:
         err_buf = bytearray()
         reader = threading.Thread(target=_read, args=(proc, err_buf), daemon=True)
         reader.start()
-        if i % 2:
+        if i % 2 and not opts.stage:
             time.sleep(rnd.uniform(0, span))
         else:
-            marker = f"  {rnd.choice(STAGES)} ...".encode()
+            marker = f"  {opts.stage or rnd.choice(STAGES)} ...".encode()
             deadline = time.monotonic() + 120
             while marker not in err_buf and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.0005)
