@@ -249,11 +249,14 @@ def test_a_stop_signal_during_a_long_statement_cancels_it_and_rolls_the_run_back
 @pytest.mark.parametrize(
     ("signum", "stage"),
     [
+        (signal.SIGTERM, "schema"),
         (signal.SIGTERM, "pull"),
         (signal.SIGTERM, "validate"),
         (signal.SIGTERM, "write"),
         (signal.SIGTERM, CUSTOMER),
+        (signal.SIGTERM, "commit"),
         (signal.SIGINT, "pull"),
+        (signal.SIGINT, "write"),
     ],
     ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
 )
@@ -282,6 +285,91 @@ def test_a_stop_signal_at_any_stage_rolls_back_or_lets_the_commit_stand(
     else:  # the signal came after the commit: a finished run
         assert code in (0, -signum, 128 + signum), cli.stderr
     assert_next_run_equals_full(db)
+
+
+#: Reads small results over ADBC, as a run does between its big steps, inside
+#: ``stop_signals_interrupt``, while another thread sends SIGINT and SIGTERM to the main
+#: thread every millisecond or so. Prints how many reads finished and how many were
+#: interrupted; exits 0 unless something went wrong.
+SIGNAL_STORM = """
+import random, signal, sys, threading, time
+from craftmart_batch import _signals
+from craftmart_batch._database import Database, connect, parse_dsn
+from craftmart_batch._sql import fetch_value
+
+def ignored(signum, frame):  # a signal between two contexts: only what is inside counts
+    pass
+
+signal.signal(signal.SIGINT, ignored)
+signal.signal(signal.SIGTERM, ignored)
+main = threading.main_thread().ident
+storm = threading.Event()
+
+def send():
+    rnd = random.Random(7)
+    storm.wait()
+    while storm.is_set():
+        time.sleep(rnd.uniform(0, 0.002))
+        signal.pthread_kill(main, rnd.choice([signal.SIGINT, signal.SIGTERM]))
+
+threading.Thread(target=send, daemon=True).start()
+db = Database(parse_dsn(sys.argv[1]))
+conn = None
+done = interrupts = 0
+total = int(sys.argv[2])
+while done < total:
+    try:
+        storm.set()
+        with _signals.stop_signals_interrupt():  # as a run: reads until a signal stops it
+            if conn is None:
+                conn = connect(db, autocommit=True)
+            while done < total:
+                assert fetch_value(conn, "select $1::int", (done,)) == done
+                done += 1
+                sum(i * i for i in range(3000))  # the Python work between two reads
+    except KeyboardInterrupt:
+        interrupts += 1
+storm.clear()
+print(done, interrupts)
+"""
+
+
+def test_stop_signals_during_adbc_reads_never_crash_the_process(
+    db: Database, tmp_path: Path
+) -> None:
+    """Thousands of SIGINT and SIGTERM at random instants of small ADBC reads (the
+    execute, the result reader being set up, the fetch, the cursor closing): each is one
+    KeyboardInterrupt, the process never crashes, nothing is printed, and the reads
+    between them go on working on the same connection. ADBC's own SIGINT handling
+    crashed this (a segmentation fault in its cancel thread, which called a freed
+    object) within a few thousand reads."""
+    script = tmp_path / "signal_storm.py"
+    script.write_text(SIGNAL_STORM)
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", str(script), db.libpq_uri(), "1500"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stderr == ""
+        done, interrupts = map(int, proc.stdout.split())
+        assert done == 1500
+        assert interrupts > 100
+
+
+def test_adbc_is_kept_off_sigint_only_inside_the_stop_signal_handling(db: Database) -> None:
+    """Inside ``stop_signals_interrupt`` ADBC calls are made directly (its wrapper would
+    swap in its own SIGINT handler); outside, ADBC's wrapper is back."""
+    import adbc_driver_manager.dbapi as dbapi
+
+    from craftmart_batch import _signals
+
+    original = dbapi._blocking_call
+    assert original is not _signals._call_directly
+    with _signals.stop_signals_interrupt(), connection(db) as conn:
+        assert dbapi._blocking_call is _signals._call_directly
+        assert fetch_value(conn, "select 1") == 1
+    assert dbapi._blocking_call is original
 
 
 # --------------------------------------------------------------------------- the server goes away

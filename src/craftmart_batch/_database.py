@@ -359,6 +359,20 @@ def connect(db: Database, *, autocommit: bool = False) -> Connection:
         raise CraftmartError(
             f"cannot connect to {db.display()}: {first_line(redact(str(exc)))}"
         ) from None
+    from . import _signals
+
+    try:
+        _signals.track_connection(db, conn)
+    except BaseException as exc:
+        try:
+            conn.close()
+        except Exception:
+            logger.debug("closing connection failed", exc_info=True)
+        if not isinstance(exc, Exception):
+            raise
+        raise CraftmartError(
+            f"cannot connect to {db.display()}: {first_line(redact(str(exc)))}"
+        ) from None
     return conn
 
 

@@ -48,14 +48,16 @@ class StageProgress:
     def __call__(self, stage: str) -> None:
         self.done()
         if self.enabled and self.banner is not None:
-            print(self.banner, file=self.stream, flush=True)
+            # one write per line: an interrupt between a text and its newline would
+            # leave the command's last line glued to it
+            self._write(f"{self.banner}\n")
             self.banner = None
         self.current, self.started = stage, time.perf_counter()
         if self.console is not None:
             self._status = self.console.status(f"{stage} ...", spinner="dots")
             self._status.start()
         elif self.enabled:
-            print(f"  {stage} ...", end="", file=self.stream, flush=True)
+            self._write(f"  {stage} ...")
 
     def done(self) -> None:
         """Close the current stage (if any) with its duration."""
@@ -68,9 +70,13 @@ class StageProgress:
                 mark = "[red]✗[/red]" if sys.exc_info()[0] is not None else "[green]✓[/green]"
                 self.console.print(f"  {mark} {self.current} [dim]{elapsed:.1f}s[/dim]")
             else:
-                print(f" {elapsed:.1f}s", file=self.stream, flush=True)
+                self._write(f" {elapsed:.1f}s\n")
         self._stop()
         self.current = None
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
 
     def _stop(self) -> None:
         if self._status is not None:

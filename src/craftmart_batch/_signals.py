@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
+import select
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from .errors import CraftmartError
 
+if TYPE_CHECKING:
+    from ._database import Database
+
 logger = logging.getLogger(__name__)
 
-#: What PostgreSQL says when a statement is stopped by a cancel request: the database
-#: driver sends one when SIGINT arrives while it waits for the server.
+#: What PostgreSQL says when a statement is stopped by a cancel request.
 _CANCELLED_BY_REQUEST = "canceling statement due to user request"
 
 #: The stop signals received while ``stop_signals_interrupt`` was active, in order.
 _received: list[int] = []
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: Code an interrupt must never land in: the threading module's bookkeeping, and weak
+#: reference callbacks and ``__del__`` methods, where an exception is only printed
+#: and lost.
+_NEVER_INTERRUPTED = ("threading", "weakref", "_weakrefset")
+
+#: Code an interrupt had better not land in: ADBC's DB-API layer keeps a statement's
+#: and a result's state across several bytecodes (a ``KeyboardInterrupt`` in
+#: ``Cursor.close`` leaves a half-closed cursor that fails again when collected, and
+#: prints a traceback). Not a crash, so only for so long: a loop of quick statements
+#: would otherwise put the interrupt off for as long as it runs (each retry tends to
+#: land just as a statement returns).
+_BETTER_NOT_INTERRUPTED = ("adbc_driver_manager", "adbc_driver_postgresql")
+_PUT_OFF_AT_MOST_SECONDS = 0.05
+
+#: While the main thread is in such code, the interrupt is retried after this long.
+_RETRY_SECONDS = 0.002
+
+#: While a stop is pending and not yet raised, statements are cancelled again this
+#: often: a cancel that arrived before its statement started cancels nothing.
+_RECANCEL_SECONDS = 0.5
 
 
 def received() -> signal.Signals | None:
@@ -32,50 +63,231 @@ def exit_code(default: signal.Signals = signal.SIGINT) -> int:
     return 128 + int(received() or default)
 
 
+@dataclass(eq=False)
+class _Watch:
+    """What the active ``stop_signals_interrupt`` knows: the server backends of the
+    connections opened inside it, and whether it has raised its interrupt yet."""
+
+    #: (database, backend pid, backend start as text) of each connection opened inside.
+    backends: list[tuple[Database, int, str]] = field(default_factory=list)
+    #: The stop signals recorded in ``_received`` (by the watcher or the handler,
+    #: whichever sees one first).
+    seen: set[int] = field(default_factory=set)
+    #: Set once ``KeyboardInterrupt`` has been raised (or may no longer be).
+    done: bool = False
+    #: The pending retry of an interrupt put off (see ``_BETTER_NOT_INTERRUPTED``).
+    retry: threading.Timer | None = None
+    #: When the first stop signal was handled (the interrupt is put off from there).
+    first_put_off: float | None = None
+    #: ADBC's own ``_blocking_call``, while it is replaced.
+    adbc_blocking_call: Any = None
+
+
+_active: _Watch | None = None
+
+
+def checkpoint() -> None:
+    """Raise the interrupt of a stop signal that was put off while ADBC ran, now that the
+    main thread is back in the project's own code (called after each statement)."""
+    watch = _active
+    if (watch is not None and watch.seen and not watch.done
+            and threading.current_thread() is threading.main_thread()):
+        watch.done = True
+        raise KeyboardInterrupt
+
+
+def _call_directly(func: Callable[..., Any], args: Any, kwargs: Any, cancel: Any) -> Any:
+    """Stands in for ADBC's ``_blocking_call``: run the call, leave SIGINT alone."""
+    return func(*args, **kwargs)
+
+
+def _keep_adbc_off_sigint(watch: _Watch) -> None:
+    """Stop adbc_driver_manager from taking SIGINT over around its blocking calls.
+
+    Around every call that may block (execute, fetch, read a batch...) its ``dbapi``
+    module swaps Python's SIGINT handler for a native one that wakes a thread of its
+    own ("AdbcInterrupt"), which then calls the statement's ``cancel`` bound method
+    through a pointer it holds no reference to. When SIGINT lands just as the call
+    returns, the call's frame (the only owner of that bound method) is freed before
+    the thread gets the GIL, and the thread calls freed memory: a segmentation fault
+    (adbc-driver-manager 1.13; reproduced with a plain loop of ``execute`` +
+    ``fetchone``). With ADBC's wrapper replaced by a direct call, Python's handler
+    stays in place, and the watcher cancels statements itself, on another connection.
+    """
+    if watch.adbc_blocking_call is not None:
+        return
+    import adbc_driver_manager.dbapi as dbapi
+
+    watch.adbc_blocking_call = dbapi._blocking_call
+    dbapi._blocking_call = _call_directly
+
+
+def _give_adbc_sigint_back(watch: _Watch) -> None:
+    if watch.adbc_blocking_call is None:
+        return
+    import adbc_driver_manager.dbapi as dbapi
+
+    dbapi._blocking_call = watch.adbc_blocking_call
+    watch.adbc_blocking_call = None
+
+
+def track_connection(db: Database, conn: Any) -> None:
+    """Make a new ADBC connection's statements cancellable by a stop signal.
+
+    Called for every connection ``_database.connect`` opens; a no-op outside
+    ``stop_signals_interrupt`` or off the main thread.
+    """
+    watch = _active
+    if watch is None or threading.current_thread() is not threading.main_thread():
+        return
+    _keep_adbc_off_sigint(watch)
+    cur = conn.cursor()
+    try:
+        cur.execute("select pg_backend_pid(), backend_start::text from pg_stat_activity"
+                    " where pid = pg_backend_pid()")
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    if row is not None:
+        watch.backends.append((db, int(row[0]), str(row[1])))
+
+
+def _cancel_statements(backends: list[tuple[Database, int, str]]) -> None:
+    """Ask the server to cancel what each backend is running (a no-op when idle).
+
+    A cancel request from a connection of its own (as ``psql``'s Ctrl-C): nothing the
+    main thread is using is touched. The backend start time makes sure a backend that
+    has ended is never confused with a new one that got its process id.
+    """
+    import adbc_driver_postgresql.dbapi as adbc
+
+    from ._database import Database
+
+    by_database: dict[str, list[tuple[Database, int, str]]] = {}
+    for backend in backends:
+        by_database.setdefault(backend[0].libpq_uri(), []).append(backend)
+    for group in by_database.values():
+        db = Database({**group[0][0].params, "connect_timeout": "5"})
+        try:
+            conn = adbc.connect(db.libpq_uri(), autocommit=True)
+        except Exception as exc:
+            logger.debug("cannot connect to cancel statements: %s", type(exc).__name__)
+            continue
+        try:
+            cur = conn.cursor()
+            for _, pid, started in group:
+                cur.execute("select pg_cancel_backend(pid) from pg_stat_activity"
+                            " where pid = $1 and backend_start::text = $2",
+                            parameters=(pid, started))
+                cur.fetchall()
+            cur.close()
+        except Exception as exc:
+            logger.debug("cancelling statements failed: %s", type(exc).__name__)
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                logger.debug("closing the cancelling connection failed", exc_info=True)
+
+
+def _in_code(frame: FrameType | None, modules: tuple[str, ...], *, in_del: bool) -> bool:
+    while frame is not None:
+        if ((in_del and frame.f_code.co_name == "__del__")
+                or str(frame.f_globals.get("__name__", "")).startswith(modules)):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
     """While inside, SIGINT and SIGTERM both end the command as ``KeyboardInterrupt``.
 
-    Python turns SIGINT into ``KeyboardInterrupt`` only between bytecodes; while the
-    main thread waits for the database, the ADBC driver catches SIGINT and cancels the
-    statement instead. SIGTERM gets neither by default: it would kill the process
-    outright (the server still rolls the run back, but nothing is printed) or, with a
-    Python handler, wait for the statement to end. So a watcher thread turns SIGTERM
-    into a SIGINT aimed at the main thread: the statement in flight is cancelled, the
-    run's transaction is rolled back when its connection closes, and the command
-    reports the interruption in one line.
+    Python runs a signal handler only between two bytecodes of the main thread, so a
+    handler alone would let a long statement run to its end. A watcher thread, woken
+    through Python's signal wakeup fd even while the main thread waits in native code,
+    therefore asks the server to cancel whatever the connections opened inside are
+    running (``pg_cancel_backend``, from a connection of its own). The main thread's
+    statement then fails, or has already ended; either way the handler raises
+    ``KeyboardInterrupt`` as soon as the main thread is back in Python, the run's
+    transaction is rolled back when its connection closes, and the command reports
+    the interruption in one line. Only the first signal raises; a second one (a
+    repeated Ctrl-C) cannot break the cleanup of the first.
+
+    Nothing but Python's handler ever sees SIGINT here: adbc_driver_manager's own
+    SIGINT handling can crash the process (see ``_keep_adbc_off_sigint``).
 
     A ``CraftmartError`` raised because of the interruption (a cancelled statement
     surfaces as a database error) is turned back into ``KeyboardInterrupt``.
     """
-    if threading.current_thread() is not threading.main_thread():
+    global _active
+    if threading.current_thread() is not threading.main_thread() or _active is not None:
         yield
         return
+    watch = _Watch()
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    main_thread = threading.main_thread().ident
-    assert main_thread is not None
 
-    def watch() -> None:
+    def record(signum: int) -> None:
+        if signum not in watch.seen:
+            watch.seen.add(signum)
+            _received.append(signum)
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        record(signum)
+        if watch.done:
+            return
+        if watch.first_put_off is None:
+            watch.first_put_off = time.monotonic()
+        put_off = _in_code(frame, _NEVER_INTERRUPTED, in_del=True) or (
+            time.monotonic() - watch.first_put_off < _PUT_OFF_AT_MOST_SECONDS
+            and _in_code(frame, _BETTER_NOT_INTERRUPTED, in_del=False))
+        if put_off:
+            if watch.retry is None or watch.retry.finished.is_set():
+                watch.retry = threading.Timer(_RETRY_SECONDS, retry_interrupt, (signum,))
+                watch.retry.start()
+            return
+        watch.done = True
+        raise KeyboardInterrupt
+
+    def retry_interrupt(signum: int) -> None:
+        if not watch.done:
+            _thread.interrupt_main(signal.Signals(signum))  # on_stop again, main thread
+
+    def watcher_loop() -> None:
         # Python's C-level handler writes each handled signal's number to the wakeup
         # fd at once, from whatever thread the kernel picked, even while the main
         # thread is blocked in native code.
-        while chunk := os.read(read_fd, 64):
-            for number in chunk:
-                if number in (signal.SIGINT, signal.SIGTERM):
-                    _received.append(number)
-                if number == signal.SIGTERM:
-                    signal.pthread_kill(main_thread, signal.SIGINT)
+        last_cancel = -_RECANCEL_SECONDS
+        while True:
+            pending = bool(watch.seen) and not watch.done
+            try:
+                ready, _, _ = select.select([read_fd], [], [],
+                                            _RECANCEL_SECONDS if pending else None)
+                chunk = os.read(read_fd, 64) if ready else None
+            except (OSError, ValueError):  # the fd is gone: the context has ended
+                return
+            if chunk == b"":  # the write end is closed: the context has ended
+                return
+            for number in chunk or b"":
+                if number in _STOP_SIGNALS:
+                    record(number)
+            # at most one cancel per interval: retried interrupts trip the wakeup fd too
+            due = time.monotonic() - last_cancel >= _RECANCEL_SECONDS * 0.9
+            if watch.seen and not watch.done and watch.backends and due:
+                last_cancel = time.monotonic()
+                _cancel_statements(list(watch.backends))
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        # The watcher has already sent the SIGINT that interrupts the main thread.
-        logger.debug("SIGTERM received")
-
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    previous_term = signal.signal(signal.SIGTERM, on_sigterm)
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    watcher = threading.Thread(target=watch, name="craftmart-signals", daemon=True)
+    # The watcher starts before the handlers are in place: a KeyboardInterrupt inside
+    # Thread.start() would leave the threading module's bookkeeping half done.
+    watcher = threading.Thread(target=watcher_loop, name="craftmart-signals", daemon=True)
     watcher.start()
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_int = signal.signal(signal.SIGINT, on_stop)
+    previous_term = signal.signal(signal.SIGTERM, on_stop)
+    _active = watch
+    if "adbc_driver_manager.dbapi" in sys.modules:  # else done as the first connection opens
+        _keep_adbc_off_sigint(watch)
     try:
         yield
     except CraftmartError as exc:
@@ -85,9 +297,18 @@ def stop_signals_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt from None
         raise
     finally:
+        # From here on a signal is only recorded: the command has finished (a run has
+        # committed), and the cleanup below must not be interrupted. Python's handlers
+        # from before come back last, once nothing is left to clean up.
+        watch.done = True
+        if watch.retry is not None:
+            watch.retry.cancel()
+        _active = None
+        _give_adbc_sigint_back(watch)
         signal.set_wakeup_fd(previous_fd)
+        os.close(write_fd)  # ends the watcher's read
+        watcher.join(timeout=6)  # a cancel connects with a 5 s timeout
+        if not watcher.is_alive():  # else it may still read: leave the fd to the exit
+            os.close(read_fd)
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
-        os.close(write_fd)  # ends the watcher's read
-        watcher.join(timeout=1)
-        os.close(read_fd)

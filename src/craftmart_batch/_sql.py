@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import polars as pl
 
 from ._database import first_line, quote_ident, redact
+from ._signals import checkpoint
 from .errors import CraftmartError
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ def execute(conn: Connection, sql: str, parameters: Sequence[Any] | None = None)
         cur.execute(sql, parameters=parameters)
     finally:
         cur.close()
+    checkpoint()
 
 
 def execute_script(conn: Connection, script: str) -> None:
@@ -87,6 +89,7 @@ def fetch_frame(
         frame = pl.from_arrow(cur.fetch_arrow_table())
     finally:
         cur.close()
+    checkpoint()
     assert isinstance(frame, pl.DataFrame)
     return frame
 
@@ -98,6 +101,7 @@ def fetch_value(conn: Connection, sql: str, parameters: Sequence[Any] | None = N
         row = cur.fetchone()
     finally:
         cur.close()
+    checkpoint()
     return None if row is None else row[0]
 
 
@@ -126,6 +130,7 @@ def append(conn: Connection, schema: str, table: str, frame: pl.DataFrame) -> No
         cur.adbc_ingest(table, arrow_stream(frame), mode="append", db_schema_name=schema)
     finally:
         cur.close()
+    checkpoint()
 
 
 def stage(
@@ -142,6 +147,7 @@ def stage(
         cur.adbc_ingest(name, arrow_stream(frame), mode="create", temporary=True)
     finally:
         cur.close()
+    checkpoint()
     qualified = f"pg_temp.{quote_ident(name)}"
     # Temporary tables have no statistics until analysed; the planner needs them to
     # pick index lookups for a small stage and hash joins for a large one.
