@@ -13,7 +13,9 @@ from typing import Any
 
 import polars as pl
 import pytest
+from helpers import query, settings_for
 
+from craftmart_batch import pipeline
 from craftmart_batch import synthetic as gen
 from craftmart_batch._database import Database, connect, connection, quote_ident
 from craftmart_batch._sql import fetch_frame, fetch_value
@@ -28,29 +30,32 @@ Shared = tuple[Any, gen.GenerateSummary]  # a connection to a generated database
 # written independently of the generator so it checks what the generator claims.
 CANONICAL = """
 with canonical as (
-    select 'source1' as source, w.id as row_key, w.order_created_date as created,
-           w.order_completion_date as completion, w.order_status as status,
-           w.product_price as price, w.product_type, w.craftsman_email, w.customer_email,
+    select 'source1' as source, w.id as row_key, w.order_id as order_key,
+           w.order_created_date as created, w.order_completion_date as completion,
+           w.order_status as status, w.product_price as price, w.product_type,
+           w.craftsman_email, w.customer_email, w.craftsman_birthday, w.customer_birthday,
            true as joined
     from source1.craft_market_wide as w
     union all
-    select 'source2', o.order_id, o.order_created_date, o.order_completion_date,
+    select 'source2', o.order_id, o.order_id, o.order_created_date, o.order_completion_date,
            o.order_status, m.product_price, m.product_type, m.craftsman_email,
-           o.customer_email, m.craftsman_id is not null
+           o.customer_email, m.craftsman_birthday, o.customer_birthday,
+           m.craftsman_id is not null
     from source2.craft_market_orders_customers as o
     left join source2.craft_market_masters_products as m
         on m.craftsman_id = o.craftsman_id and m.product_id = o.product_id
     union all
-    select 'source3', o.order_id, o.order_created_date, o.order_completion_date,
+    select 'source3', o.order_id, o.order_id, o.order_created_date, o.order_completion_date,
            o.order_status, o.product_price, o.product_type, k.craftsman_email,
-           c.customer_email, true
+           c.customer_email, k.craftsman_birthday, c.customer_birthday, true
     from source3.craft_market_orders as o
     inner join source3.craft_market_craftsmans as k on k.craftsman_id = o.craftsman_id
     inner join source3.craft_market_customers as c on c.customer_id = o.customer_id
     union all
-    select 'external_source', o.id, o.order_created_date, o.order_completion_date,
-           o.order_status, o.product_price, o.product_type, o.craftsman_email,
-           c.customer_email, true
+    select 'external_source', o.id, o.order_id, o.order_created_date,
+           o.order_completion_date, o.order_status, o.product_price, o.product_type,
+           o.craftsman_email, c.customer_email, o.craftsman_birthday, c.customer_birthday,
+           true
     from external_source.craft_products_orders as o
     inner join external_source.customers as c on c.customer_id = o.customer_id
 )
@@ -62,9 +67,19 @@ select *,
        coalesce(price <= 0, false) as price_not_positive,
        not (coalesce(btrim(craftsman_email) ~ '^[^@\\s]+@[^@\\s]+$', true)
             and btrim(customer_email) ~ '^[^@\\s]+@[^@\\s]+$') as email_malformed,
-       not joined as product_missing
+       not joined as product_missing,
+       not (coalesce(created between '1900-01-01' and '2999-12-31', true)
+            and coalesce(completion between '1900-01-01' and '2999-12-31', true)
+            and coalesce(craftsman_birthday between '1900-01-01' and '2999-12-31', true)
+            and coalesce(customer_birthday between '1900-01-01' and '2999-12-31', true))
+           as date_out_of_range,
+       coalesce(price > 10000000, false) as price_out_of_range
 from canonical
 """
+
+#: SPEC §3 rule 7, as the generator plants it and as the pipeline names it.
+RULE_7 = ("date_out_of_range", "price_out_of_range")
+BIGINT_MAX = 9223372036854775807
 
 ALL_EMAILS = """
 select 'source1' as source, customer_email as email, 'customer' as role
@@ -201,6 +216,31 @@ def test_about_two_percent_of_rows_break_each_rule_as_reported(shared: Shared) -
     assert 0.015 <= invalid.height / ORDERS <= 0.025
     product_missing = invalid.filter("product_missing")["source"].unique().to_list()
     assert product_missing == ["source2"]
+
+
+def test_values_out_of_the_warehouse_range_are_planted_in_every_shape(shared: Shared) -> None:
+    """Rule 7: completion dates a millennium on (year 3000+), created dates before 1900
+    without a completion date, prices just over 10,000,000 and the largest bigint; in
+    every source, each row breaking that one rule."""
+    conn, generated = shared
+    rows = canonical(conn)
+    dates = rows.filter("date_out_of_range")
+    assert dates.height == generated.invalid["date_out_of_range"] > 0
+    late = dates.filter(pl.col("completion").dt.year() >= 3000)
+    early = dates.filter(pl.col("created").dt.year() < 1900)
+    assert late.height > 0 and early.height > 0
+    assert late.height + early.height == dates.height
+    assert early["completion"].null_count() == early.height
+    assert (late["created"].dt.year() < 3000).all()
+    prices = rows.filter("price_out_of_range")
+    assert prices.height == generated.invalid["price_out_of_range"] > 0
+    assert (prices["price"] == BIGINT_MAX).any()
+    assert ((prices["price"] > 10_000_000) & (prices["price"] < BIGINT_MAX)).any()
+    for rule in RULE_7:
+        flagged = rows.filter(rule)
+        assert set(flagged["source"]) == set(gen.SOURCES), rule
+        others = [r for r in gen.RULES if r != rule]
+        assert not flagged.select(pl.any_horizontal(others)).to_series().any(), rule
 
 
 def test_malformed_emails_come_in_every_shape(shared: Shared) -> None:
@@ -389,6 +429,62 @@ def test_apply_changes_changes_the_expected_rows(conn: Any, generated: gen.Gener
     assert new.height == summary.rows_inserted and new["valid"].all()
     late = new.filter(pl.col("created") < last_day - timedelta(days=90)).height
     assert late == summary.applied["new_orders_late"]
+
+
+def _quarantine_matches_sources(conn: Any, db: Database) -> pl.DataFrame:
+    """After a pipeline run: the quarantine holds exactly the rows the sources' rules
+    make invalid, and a row out of the warehouse's range (rule 7) exactly that reason and
+    field. Returns the sources' canonical rows."""
+    rows = canonical(conn)
+    conn.commit()
+    quarantine = query(db, """
+        select source_name as source, source_order_id as order_key, reasons, out_of_range
+        from craftmart.quarantine""")
+    key = ["source", "order_key"]
+    invalid = rows.filter(~pl.col("valid")).select(*key, *RULE_7)
+    assert invalid.height == quarantine.height
+    both = invalid.join(quarantine, on=key, how="inner")
+    assert both.height == invalid.height  # the same rows
+    for rule in RULE_7:
+        assert both.filter(pl.col("reasons").list.contains(rule))[rule].all(), rule
+        flagged = both.filter(rule)
+        assert flagged.height > 0, rule
+        assert all(r == [rule] for r in flagged["reasons"].to_list()), rule
+    fields = both.filter("date_out_of_range")["out_of_range"].to_list()
+    assert all(f in (["order_created_date"], ["order_completion_date"]) for f in fields)
+    fields = both.filter("price_out_of_range")["out_of_range"].to_list()
+    assert all(f == ["product_price"] for f in fields)
+    return rows
+
+
+def test_values_out_of_range_are_quarantined_and_changes_spoil_and_fix_them(
+    make_db: Any,
+) -> None:
+    """A real run quarantines the planted rule-7 rows as date_out_of_range /
+    price_out_of_range; changes turn valid rows into such rows and fix others, and the
+    next run quarantines exactly the rows the sources then break rules with."""
+    db = make_db()
+    conn = connect(db)
+    try:
+        generated = gen.generate(conn, 2000, SEED, shape="narrow")
+        pipeline.run(settings_for(db), db)
+        before = _quarantine_matches_sources(conn, db)
+        assert {r: int(before[r].sum()) for r in RULE_7} == {
+            r: generated.invalid[r] for r in RULE_7}
+
+        summary = gen.apply_changes(conn, 1000, 5, shape="narrow")
+        pipeline.run(settings_for(db), db)
+        after = _quarantine_matches_sources(conn, db)
+    finally:
+        conn.close()
+    assert summary.applied["rows_made_invalid"] > 0 and summary.applied["rows_made_valid"] > 0
+    key = ["source", "row_key"]
+    kept = before.select(*key, *RULE_7, was_valid="valid").join(
+        after.select(*key, *RULE_7, "valid"), on=key, suffix="_now")
+    for rule in RULE_7:
+        spoiled = kept.filter(pl.col("was_valid") & pl.col(f"{rule}_now"))
+        fixed = kept.filter(pl.col(rule) & pl.col("valid"))
+        assert spoiled.height > 0 and fixed.height > 0, rule
 
 
 def test_apply_changes_moves_statuses_forward_and_changes_addresses(

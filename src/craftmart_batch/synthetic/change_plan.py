@@ -8,11 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from ..transform.validate import FIRST_DATE, LAST_DATE, MAX_PRICE
 from .common import (
     COMPLETION,
     CREATED_NULL,
+    DATE_RANGE,
     EMAIL,
     PRICE,
+    PRICE_RANGE,
     PRODUCT,
     RULES,
     STATUS,
@@ -90,6 +93,21 @@ def email_ok(email: pl.Expr) -> pl.Expr:
     return email.str.strip_chars(" ").str.contains(_EMAIL_RE).fill_null(True)
 
 
+def date_ok(day: pl.Expr) -> pl.Expr:
+    """A date the warehouse can hold (SPEC §3 rule 7), or none."""
+    return day.is_between(pl.lit(FIRST_DATE), pl.lit(LAST_DATE)).fill_null(True)
+
+
+def price_ok(price: pl.Expr) -> pl.Expr:
+    """A price within both price rules (SPEC §3 rules 4 and 7), or none."""
+    return price.is_between(1, MAX_PRICE).fill_null(True)
+
+
+#: The dates of an order row and of the people it joins, as canonical() reads them.
+DATES = ("order_created_date", "order_completion_date", "craftsman_birthday",
+         "customer_birthday")
+
+
 def repaired(email: pl.Expr, fallback: pl.Expr) -> pl.Expr:
     """Undo a typo in an address where the typo shows how; else a new valid address."""
     e = email.str.strip_chars(" ")
@@ -110,16 +128,18 @@ def canonical(source: str, t: dict[str, pl.DataFrame]) -> pl.DataFrame:
     if source == "source2":
         masters = t[lay.masters].select(  # type: ignore[index]
             "craftsman_id", "product_id", "product_price", "craftsman_email",
-            pl.lit(True).alias("joined"))
+            "craftsman_birthday", pl.lit(True).alias("joined"))
         o = o.join(masters, on=["craftsman_id", "product_id"], how="left",
                    maintain_order="left")
     else:
         o = o.with_columns(pl.lit(True).alias("joined"))
     if lay.craftsmen:
-        o = o.join(t[lay.craftsmen].select("craftsman_id", "craftsman_email"),
+        o = o.join(t[lay.craftsmen].select("craftsman_id", "craftsman_email",
+                                           "craftsman_birthday"),
                    on="craftsman_id", how="left", maintain_order="left")
     if lay.customers:
-        o = o.join(t[lay.customers].select("customer_id", "customer_email"),
+        o = o.join(t[lay.customers].select("customer_id", "customer_email",
+                                           "customer_birthday"),
                    on="customer_id", how="left", maintain_order="left")
     created, completion = pl.col("order_created_date"), pl.col("order_completion_date")
     status = pl.col("order_status").str.strip_chars(" ").str.to_lowercase()
@@ -135,6 +155,8 @@ def canonical(source: str, t: dict[str, pl.DataFrame]) -> pl.DataFrame:
         ~(email_ok(pl.col("craftsman_email")) & email_ok(pl.col("customer_email")))
         .alias(RULES[EMAIL]),
         pl.col("joined").is_null().alias(RULES[PRODUCT]),
+        ~pl.all_horizontal(date_ok(pl.col(c)) for c in DATES).alias(RULES[DATE_RANGE]),
+        (pl.col("product_price") > MAX_PRICE).fill_null(False).alias(RULES[PRICE_RANGE]),
     ).with_columns(valid=~pl.any_horizontal(RULES))
 
 

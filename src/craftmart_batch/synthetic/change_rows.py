@@ -9,6 +9,7 @@ from typing import cast
 import numpy as np
 import polars as pl
 
+from ..transform.validate import FIRST_DATE, LAST_DATE, MAX_PRICE
 from .addresses import addresses
 from .change_plan import (
     DELETE,
@@ -21,10 +22,13 @@ from .change_plan import (
     SPOIL,
     Layout,
     Plan,
+    date_ok,
     email_ok,
+    price_ok,
     repaired,
 )
 from .common import (
+    BIGINT_MAX,
     D0,
     EPOCH,
     FIRST_DAY,
@@ -69,7 +73,7 @@ def change_source(
         "_kind": kind,
         "_lag": 1 + np.floor(rng.gamma(2.0, 4.0, n)).astype(np.int64),
         "_shift": rng.choice((-1, 1), n) * rng.integers(20, 91, n),
-        "_variant": rng.integers(0, 4, n),
+        "_variant": rng.integers(0, 6, n),
         "_price": new_prices(rng, n),
         "_garbage": pick(GARBAGE_STATUSES, rng.integers(0, len(GARBAGE_STATUSES), n)),
         "_someday": as_dates(rng.integers(D0, today + 1, n)),
@@ -98,38 +102,52 @@ def change_source(
         .alias("order_completion_date"),
     )
     # valid rows turning invalid: garbage status, completion before creation,
-    # created date lost, or a zero price (source2 keeps prices on masters: garbage)
+    # created date lost, a zero price, a year mistyped a millennium off (the completion's
+    # when there is one, else the creation's) or a price out of range (source2 keeps
+    # prices on masters, shared with other orders: garbage, a mistyped year)
+    spoil = k == SPOIL
     garbage = (variant == 0) | ((variant == 3) & ~pl.lit(inline_price))
+    far_off = (variant == 4) | ((variant == 5) & ~pl.lit(inline_price))
+    price = pl.col("product_price")
     w = w.with_columns(
-        pl.when((k == SPOIL) & garbage).then("_garbage").otherwise(status).alias("order_status"),
-        pl.when((k == SPOIL) & (variant == 1)).then(created - lag)
-        .when((k == SPOIL) & (variant == 2)).then(None)
+        pl.when(spoil & garbage).then("_garbage").otherwise(status).alias("order_status"),
+        pl.when(spoil & (variant == 1)).then(created - lag)
+        .when(spoil & (variant == 2)).then(None)
+        .when(spoil & far_off).then(completion.dt.offset_by("1000y"))
         .otherwise(completion).alias("order_completion_date"),
-        pl.when((k == SPOIL) & (variant == 2)).then(None).otherwise(created)
-        .alias("order_created_date"),
-        *([pl.when((k == SPOIL) & (variant == 3)).then(0).otherwise("product_price")
-           .alias("product_price")] if inline_price else []),
+        pl.when(spoil & (variant == 2)).then(None)
+        .when(spoil & far_off & completion.is_null()).then(created.dt.offset_by("-1000y"))
+        .otherwise(created).alias("order_created_date"),
+        *([pl.when(spoil & (variant == 3)).then(0)
+           .when(spoil & (variant == 5)).then(
+               pl.when(price % 20 == 0).then(pl.lit(BIGINT_MAX, dtype=pl.Int64))
+               .otherwise(MAX_PRICE + price))
+           .otherwise(price).alias("product_price")] if inline_price else []),
     )
     # invalid rows fixed: every rule the row breaks on the order row is repaired here,
     # those it breaks through a parent row further down
     fix = k == FIX
+    held = pl.when(date_ok(completion)).then(completion)  # a completion date in range
     w = w.with_columns(
-        pl.when(fix & pl.col("_created_date_null"))
-        .then(pl.coalesce(completion - pl.duration(days=5), "_someday"))
+        pl.when(fix & (pl.col("_created_date_null") | ~date_ok(created)))
+        .then(pl.coalesce(held - pl.duration(days=5), "_someday"))
         .otherwise(created).alias("order_created_date"),
         pl.when(fix & pl.col("_status_unknown"))
         .then(pl.when(completion.is_not_null()).then(pl.lit("done")).otherwise(pl.lit("created")))
         .otherwise(status).alias("order_status"),
-        *([pl.when(fix & pl.col("_price_not_positive")).then("_price")
-           .otherwise("product_price").alias("product_price")] if inline_price else []),
+        *([pl.when(fix & ~price_ok(price)).then("_price")
+           .otherwise(price).alias("product_price")] if inline_price else []),
+        *[pl.when(fix & ~date_ok(pl.col(c))).then(pl.col(c).clip(FIRST_DATE, LAST_DATE))
+          .otherwise(c).alias(c)
+          for c in ("craftsman_birthday", "customer_birthday") if c in orders.columns],
         *[pl.when(fix & ~email_ok(pl.col(c)))
           .then(repaired(pl.col(c), pl.format(f"{c[:-6]}.{s}.{{}}@example.org", lay.pk)))
           .otherwise(c).alias(c)
           for c in ("craftsman_email", "customer_email") if c in orders.columns],
     )
     w = w.with_columns(
-        pl.when(fix & (completion < created)).then(created + lag).otherwise(completion)
-        .alias("order_completion_date"))
+        pl.when(fix & ((completion < created) | ~date_ok(completion))).then(created + lag)
+        .otherwise(completion).alias("order_completion_date"))
     fixed = w.filter(fix)
 
     # orders moving to another customer
@@ -211,9 +229,13 @@ def _product_changes(rng: np.random.Generator, keys: np.ndarray, key: str) -> pl
 
 
 def _scaled_price() -> pl.Expr:
+    """A changed product's price scaled by its factor, in whole tens; a price out of
+    range stays as it is (and one in range stays in range)."""
     price = pl.col("product_price")
-    return (pl.when(pl.col("_factor").is_not_null())
-            .then(((price * pl.col("_factor") / 10).round(0) * 10).cast(pl.Int64))
+    in_range = pl.when(price <= MAX_PRICE).then(price)  # no float overflows past bigint
+    scaled = ((in_range * pl.col("_factor") / 10).round(0) * 10).cast(pl.Int64)
+    return (pl.when(pl.col("_factor").is_not_null() & (price <= MAX_PRICE))
+            .then(scaled.clip(upper_bound=MAX_PRICE))
             .otherwise(price))
 
 
@@ -234,21 +256,25 @@ def _changed_parent(
     moving: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The rows of a parent table that change: those fixed orders need repaired (email,
-    price), products that change price or type, customers that move house."""
+    price, birthday), products that change price or type, customers that move house."""
     key = f"{role}_id"
     email = pl.col(f"{role}_email")
     needed = pl.col(key).is_in(fixed_refs.implode())
     w = parent.with_columns(_price=pl.Series(new_prices(rng, parent.height)))
-    touched = needed & ~email_ok(email)
+    birthday = pl.col(f"{role}_birthday")
+    touched = needed & ~(email_ok(email) & date_ok(birthday))
     updates = [
         pl.when(needed & ~email_ok(email))
         .then(repaired(email, pl.format(f"{role}.{s}.{{}}@example.org", key)))
         .otherwise(email).alias(f"{role}_email"),
+        pl.when(needed & ~date_ok(birthday)).then(birthday.clip(FIRST_DATE, LAST_DATE))
+        .otherwise(birthday).alias(f"{role}_birthday"),
     ]
     if "product_price" in parent.columns:
-        touched = touched | (needed & (pl.col("product_price") <= 0))
-        updates.append(pl.when(needed & (pl.col("product_price") <= 0)).then("_price")
-                       .otherwise("product_price").alias("product_price"))
+        price = pl.col("product_price")
+        touched = touched | (needed & ~price_ok(price))
+        updates.append(pl.when(needed & ~price_ok(price)).then("_price")
+                       .otherwise(price).alias("product_price"))
     w = w.with_columns(_touched=touched).with_columns(updates)
     if products is not None:
         w = w.join(products, on=key, how="left", maintain_order="left").with_columns(

@@ -27,7 +27,8 @@ FIRST_DAY = date(2021, 1, 1)
 LAST_DAY = date(2024, 12, 31)
 INVALID_SHARE = 0.02
 
-# The rules of SPEC §3, in its order; GenerateSummary.invalid counts planted rows per rule.
+# The rules of SPEC §3, in its order (rule 7 as two kinds, a date and a price out of
+# range); GenerateSummary.invalid counts planted rows per rule.
 RULES = (
     "created_date_null",
     "status_unknown",
@@ -35,8 +36,17 @@ RULES = (
     "price_not_positive",
     "email_malformed",
     "product_missing",
+    "date_out_of_range",
+    "price_out_of_range",
 )
-CREATED_NULL, STATUS, COMPLETION, PRICE, EMAIL, PRODUCT = range(len(RULES))
+CREATED_NULL, STATUS, COMPLETION, PRICE, EMAIL, PRODUCT, DATE_RANGE, PRICE_RANGE = range(
+    len(RULES))
+
+# Rule 7 (bounds in transform.validate: FIRST_DATE, LAST_DATE, MAX_PRICE): planted
+# dates are a millennium off (a mistyped year) or just before 1900, planted prices just
+# over MAX_PRICE or the largest bigint.
+MILLENNIUM = 365_243  # days in 1000 years, near enough
+BIGINT_MAX = 2**63 - 1
 
 # Source tables in insert order (parents first), with their identity columns; the
 # first is the table's primary key.

@@ -8,17 +8,23 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from ..transform.validate import FIRST_DATE, MAX_PRICE
 from .common import (
+    BIGINT_MAX,
     COMPLETION,
     CREATED_NULL,
     D0,
     D1,
+    DATE_RANGE,
     EMAIL,
     GARBAGE_STATUSES,
     INVALID_SHARE,
+    LAST_DAY,
+    MILLENNIUM,
     MONTH_LEN,
     MONTH_START,
     PRICE,
+    PRICE_RANGE,
     STATUS,
     STATUSES,
     as_dates,
@@ -31,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 
 _BASKET_SIZES = (0.45, 0.30, 0.14, 0.07, 0.04)  # orders per customer, source and month
+
+# Days back from an order's creation to a created date in the last years before 1900
+# (for every creation day up to LAST_DAY).
+_TO_1890S = (LAST_DAY - FIRST_DATE).days + 1
 
 
 @dataclass
@@ -46,6 +56,13 @@ class Orders:
     has_completion: np.ndarray
     rule: np.ndarray  # -1 for a valid row, else the index into RULES it breaks
     variant: np.ndarray  # which flavour of the broken rule (or of the spelling)
+
+
+def dates_out_of_range(rule: np.ndarray, variant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows planted with a date out of range (rule 7), by flavour: a completion
+    date a millennium after creation; a created date before 1900 and no completion."""
+    planted = rule == DATE_RANGE
+    return planted & (variant % 2 == 0), planted & (variant % 2 == 1)
 
 
 def lifecycle(
@@ -98,11 +115,23 @@ def build_orders(seed: int, s: int, n: int, world: World, rules: tuple[int, ...]
     rows = rng.choice(n, planted, replace=False)
     rule[rows] = np.asarray(rules)[rng.permutation(planted) % len(rules)]
     variant = rng.integers(0, 8, n)
+    # A rule's planted rows take its eight flavours in turn (in a random order), so that
+    # the few rows a rule has in a small sample already show most of them.
+    for r in rules:
+        broken = np.flatnonzero(rule == r)
+        if len(broken):
+            turns = [rng.permutation(8) for _ in range(-(-len(broken) // 8))]
+            variant[broken] = np.concatenate(turns)[: len(broken)]
     # A row breaks exactly the rule it was planted with.
     status = np.where(rule == COMPLETION, 3, status)
     has_completion = np.where(rule == COMPLETION, True, has_completion)
     has_completion = np.where(rule == CREATED_NULL, False, has_completion)
     completion = np.where(rule == COMPLETION, created - 1 - variant % 14, completion)
+    # ``created`` stays the real day (prices and addresses follow it); a date out of
+    # range is written by order_columns.
+    far, early = dates_out_of_range(rule, variant)
+    status = np.where(far, 3, status)
+    has_completion = (has_completion | far) & ~early
     return Orders(customer, craftsman, product, created, status, completion, has_completion,
                    rule, variant)
 
@@ -128,8 +157,14 @@ def order_columns(rng: np.random.Generator, o: Orders) -> dict[str, pl.Series]:
     status = frame.select(
         pl.when(pl.col("rule") == STATUS).then("garbage").otherwise(spelled)
     ).to_series()
-    created = as_dates(o.created).scatter(np.flatnonzero(o.rule == CREATED_NULL), None)
-    completion = as_dates(o.completion).scatter(np.flatnonzero(~o.has_completion), None)
+    # Rule 7: a year mistyped a millennium off (2023 written 3023 or 1023), or a
+    # created date in the 1890s.
+    far, early = dates_out_of_range(o.rule, o.variant)
+    back = np.where(o.variant % 4 == 1, MILLENNIUM, _TO_1890S)
+    created_day = np.where(early, o.created - back, o.created)
+    completion_day = np.where(far, o.created + MILLENNIUM, o.completion)
+    created = as_dates(created_day).scatter(np.flatnonzero(o.rule == CREATED_NULL), None)
+    completion = as_dates(completion_day).scatter(np.flatnonzero(~o.has_completion), None)
     return {
         "order_created_date": created,
         "order_completion_date": completion,
@@ -230,7 +265,8 @@ def break_inline(
     emails: dict[str, int],
     price: bool,
 ) -> pl.DataFrame:
-    """Plant price and email breakage in the columns of the rows themselves.
+    """Plant price and email breakage in the columns of the rows themselves: a price of
+    zero or below, or over MAX_PRICE (just over it, or the largest bigint).
 
     ``rules``/``variants`` are per row (as in ``Orders``); ``emails`` maps an email
     column to the variant parity that breaks it in this table.
@@ -241,6 +277,10 @@ def break_inline(
         p = pl.col("product_price")
         updates.append(
             pl.when(rule == PRICE).then(pl.when(variant % 2 == 0).then(0).otherwise(-p))
+            .when(rule == PRICE_RANGE).then(
+                pl.when(variant % 4 == 0).then(MAX_PRICE + 1)
+                .when(variant % 4 == 2).then(MAX_PRICE + p)
+                .otherwise(pl.lit(BIGINT_MAX, dtype=pl.Int64)))
             .otherwise(p).alias("product_price")
         )
     for column, parity in emails.items():

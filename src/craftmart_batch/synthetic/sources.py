@@ -17,6 +17,7 @@ from ..errors import CraftmartError
 from .common import (
     EMAIL,
     PRICE,
+    PRICE_RANGE,
     PRODUCT,
     RULES,
     SOURCE_SHARES,
@@ -154,7 +155,8 @@ def _source2(seed: int, world: World, view: View, o: Orders) -> dict[str, pl.Dat
     products, row_id = local_ids(rng, np.concatenate([o.product, unused]), n_prod)
     rows = products[np.argsort(row_id[products])]
     # Broken craftsman emails and prices live on a masters row of their own.
-    own_row = ((o.rule == EMAIL) & (o.variant % 2 == 1)) | (o.rule == PRICE)
+    own_row = (((o.rule == EMAIL) & (o.variant % 2 == 1))
+               | (o.rule == PRICE) | (o.rule == PRICE_RANGE))
     own = np.flatnonzero(own_row)
     extra_ids = len(rows) + 1 + np.arange(len(own))
     masters_product = np.concatenate([rows, o.product[own]])
@@ -304,7 +306,8 @@ def generate(
     The same ``(orders, seed)`` always gives byte-identical source tables, ids
     included; identity sequences are then moved past the ids used. About 2 % of the
     order rows break one validity rule each (every rule of SPEC §3 that applies to
-    a source is represented once it has 60 orders). Creates the source tables if missing.
+    a source is represented once it has 10 orders per rule: 70, source2 80; rule 7
+    as a date and a price out of range). Creates the source tables if missing.
     Refuses with ``CraftmartError`` when the sources hold rows, unless ``replace``,
     which empties them first. Commits on success, rolls back on failure.
     ``progress(stage, fraction_done)`` is called a few times per source.
@@ -336,8 +339,9 @@ def generate(
         for s, source in enumerate(SOURCES):
             n = counts[source]
             report(f"{source}: building", done / max(orders, 1))
-            rules = RULES if source == "source2" else RULES[:-1]
-            planned = build_orders(seed, s, n, world, tuple(RULES.index(r) for r in rules))
+            # a missing product is a source2 breakage only (its orders join products)
+            rules = tuple(r for r in range(len(RULES)) if source == "source2" or r != PRODUCT)
+            planned = build_orders(seed, s, n, world, rules)
             tables = _BUILDERS[s](seed, world, build_view(seed, s, world), planned)
             for r, c in zip(*np.unique(planned.rule[planned.rule >= 0], return_counts=True),
                             strict=True):
