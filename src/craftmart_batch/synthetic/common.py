@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from .._database import quote_ident
+from ..transform.validate import STATUSES as STATUSES  # the generator plants what they reject
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ _MONTHS = np.arange("2021-01", "2025-02", dtype="datetime64[M]").astype("datetim
 MONTH_START = _MONTHS[:-1].astype(np.int64)
 MONTH_LEN = np.diff(_MONTHS).astype(np.int64)
 
-STATUSES = ("created", "in progress", "delivery", "done")
 GARBAGE_STATUSES = ("cancelled", "unknown", "", "in-progress", "returned", "don", " N/A ")
 
 
