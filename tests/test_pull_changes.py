@@ -1,7 +1,8 @@
 """Pulls that follow the change: row hashes compared, only changed rows pulled in full.
 
-The comparison itself (``transform.changes.compare``) is a pure function, checked by properties;
-the runs around it are checked on a real server against a full rebuild.
+The comparison itself (``transform.changes.compare``) is a pure function, checked by
+properties; a run makes the same comparison in the server (``extract.hashes.detect``),
+held equal to it; the runs around it are checked on a real server against a full rebuild.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from pathlib import Path
 
 import polars as pl
 from helpers import add_order, create_sources, query, run, sql, warehouse_state
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_dwh_load import add_source4_sale, create_source4
 from test_incremental import assert_incremental_is_full, set_field
 
-from craftmart_batch import pipeline
-from craftmart_batch._database import Database
-from craftmart_batch.extract import hashes
+from craftmart_batch import pipeline, schema
+from craftmart_batch._database import Database, connection
+from craftmart_batch._sql import append, execute, fetch_frame
+from craftmart_batch.config import load_settings
+from craftmart_batch.extract import hashes, queries
 from craftmart_batch.transform import changes
 
 D = dt.date
@@ -207,3 +210,61 @@ def test_rows_without_a_key_or_with_a_repeated_key_are_pulled_every_run(
     assert (full.pull, full.pull_reason) == ("everything", hashes.FULL_RUN)
     assert full.dwh == report.dwh
     assert _data(warehouse_state(db)) == _data(before)
+
+
+# ----------------------------------------------------------------- compare in the server
+
+_S9_CONFIG = """
+[sources.s9]
+schema = "s9"
+table = "orders"
+key = "order_id"
+"""
+
+_current_rows = st.lists(
+    st.tuples(st.one_of(st.none(), st.integers(1, 6)), st.integers(0, 2)), max_size=12
+)
+_stored_as = st.dictionaries(st.integers(1, 8), st.sampled_from(["same", "other"]), max_size=8)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(current=_current_rows, stored_as=_stored_as)
+def test_the_comparison_in_the_server_equals_compare_of_every_hash(
+    db: Database, tmp_path: Path,
+    current: list[tuple[int | None, int]], stored_as: dict[int, str],
+) -> None:
+    """For any source rows (keys missing, repeated, new, changed, gone) and any stored
+    hashes, the changed keys, keyless sources, hashes to keep and row counts found in the
+    server are exactly those of ``compare`` over every key and hash pulled."""
+    create_sources(db)
+    config = tmp_path / "config.toml"
+    config.write_text(_S9_CONFIG, encoding="utf-8")
+    source = load_settings(config, dsn=db.libpq_uri()).source("s9")
+    with connection(db) as conn:
+        schema.migrate(conn)
+        execute(conn, "drop schema if exists s9 cascade")
+        execute(conn, "create schema s9")
+        execute(conn, "create table s9.orders as"
+                      " select * from source1.craft_market_wide with no data")
+        for key, token in current:
+            execute(conn, "insert into s9.orders (order_id, product_name, product_price)"
+                          " values ($1, $2, $3)", (key, f"item {token}", token))
+        pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
+            changes.HASH_SCHEMA)  # type: ignore[arg-type]
+        hash_of = dict(pulled.filter(pl.col("source_order_id").is_not_null())
+                       .select("source_order_id", "row_hash").iter_rows())
+        stored = changes.NO_HASHES.vstack(pl.DataFrame(
+            [("s9", key, hash_of[key] if how == "same" and key in hash_of else -1)
+             for key, how in stored_as.items()],
+            schema=changes.HASH_SCHEMA, orient="row"))
+        execute(conn, "delete from craftmart.source_rows")
+        append(conn, "craftmart", "source_rows", stored)
+
+        found = hashes.detect(conn, [source])
+        conn.rollback()
+    expected = changes.compare(pulled, stored)
+    assert found.changed.rows() == expected.changed.rows()
+    assert found.keyless == expected.keyless
+    assert sorted(found.hashes.rows()) == sorted(expected.hashes.rows())
+    assert found.rows == expected.rows == ({"s9": len(current)} if current else {})

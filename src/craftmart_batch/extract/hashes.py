@@ -1,8 +1,8 @@
 """Which source rows changed since the last run: row hashes pulled and kept (I/O).
 
 Every source query also yields a hash of each canonical row (``queries.ROW_HASH``). A
-run pulls only the keys and hashes of every source, compares them with the hashes the
-last run kept in ``craftmart.source_rows``, and pulls in full only the rows that are
+run compares, in the server, every source row's key and hash with the hashes the last
+run kept in ``craftmart.source_rows``, and pulls in full only the rows that are
 new, changed or gone (and, later, the other rows of the people they touch). Rows
 without a key, and keys that appear more than once in a source, have no stable hash of
 their own: they are pulled on every run.
@@ -22,13 +22,11 @@ from collections.abc import Sequence
 import polars as pl
 
 from .. import __version__, logic
-from .._database import Database
 from .._sql import Connection, append, execute, fetch_frame, stage
 from ..config import Source
-from ..transform.changes import HASH_SCHEMA, KEYED_ONCE, NO_HASHES, SourceDelta, compare
+from ..transform.changes import KEYED_ONCE, NO_HASHES, SourceDelta, compare
 from ..transform.validate import ORDER_KEY
 from .queries import pull_query
-from .read import pull_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +62,84 @@ def full_pull_reason(conn: Connection, sources: Sequence[Source]) -> str | None:
     return None
 
 
-def detect(conn: Connection, db: Database, sources: Sequence[Source]) -> SourceDelta:
-    """Pull keys and hashes and compare them with the stored ones (which must apply:
-    ``hashes_apply``)."""
-    current = pull_hashes(db, sources)
-    stored = fetch_frame(
-        conn, "select source_name, source_order_id, row_hash from craftmart.source_rows"
-    ).cast(HASH_SCHEMA)  # type: ignore[arg-type]
-    return compare(current, stored)
+def detect(conn: Connection, sources: Sequence[Source]) -> SourceDelta:
+    """Compare every source row's hash with the stored one in the server (the stored
+    hashes must apply: ``full_pull_reason`` is None): only the changed keys, and a count
+    per source, cross the wire, whatever the size of the warehouse.
+
+    The same answer as ``transform.changes.compare`` of every key and hash against the
+    stored ones (a test holds the two equal): keys that are new, changed, gone or
+    repeated in their source are changed; keyless rows mark their source.
+    """
+    parts = []
+    for source in sources:
+        found = fetch_frame(conn, compare_query(source), (source.name,))
+        parts.append(found.select(
+            pl.col("kind").cast(pl.String), pl.lit(source.name).alias("source_name"),
+            pl.col("source_order_id").cast(pl.Int64), pl.col("value").cast(pl.Int64)))
+    found = pl.concat(parts) if parts else pl.DataFrame(
+        schema={"kind": pl.String, "source_name": pl.String, "source_order_id": pl.Int64,
+                "value": pl.Int64})
+    changed = found.filter(pl.col("kind") == "changed")
+    counts = found.filter(pl.col("kind") == "rows")
+    keyless = found.filter((pl.col("kind") == "keyless") & (pl.col("value") > 0))
+    return SourceDelta(
+        changed=changed.select(ORDER_KEY).sort(ORDER_KEY),
+        keyless=tuple(sorted(keyless["source_name"].to_list())),
+        hashes=changed.filter(pl.col("value").is_not_null())
+        .select(*ORDER_KEY, pl.col("value").alias("row_hash")),
+        # as compare counts them: sources with rows only
+        rows={s: int(n) for s, n in counts.select("source_name", "value").iter_rows() if n},
+    )
+
+
+def compare_query(source: Source) -> str:
+    """One source's keys compared with its stored hashes, in the server: a row per
+    changed key (``kind`` 'changed', with the hash to keep when the key is there once),
+    the source's row count ('rows') and its rows without a key ('keyless')."""
+    return f"""
+    with
+    current_rows as (
+        {pull_query(source, fields=False)}
+    ),
+
+    current_keys as materialized (
+        select source_order_id, count(*) as copies, min(row_hash) as row_hash
+        from current_rows
+        group by source_order_id
+    ),
+
+    stored_keys as (
+        select source_order_id, row_hash
+        from craftmart.source_rows
+        where source_name = $1
+    ),
+
+    changed_keys as (
+        select
+            coalesce(current_keys.source_order_id, stored_keys.source_order_id)
+                as source_order_id,
+            case when current_keys.copies = 1 then current_keys.row_hash end as row_hash
+        from current_keys
+        full join stored_keys on stored_keys.source_order_id = current_keys.source_order_id
+        where coalesce(current_keys.source_order_id, stored_keys.source_order_id) is not null
+            and (
+                current_keys.copies is null
+                or stored_keys.row_hash is null
+                or current_keys.copies > 1
+                or current_keys.row_hash <> stored_keys.row_hash
+            )
+    )
+
+    select 'changed' as kind, source_order_id, row_hash as value from changed_keys
+    union all
+    select 'rows' as kind, null as source_order_id, sum(copies)::bigint as value
+    from current_keys
+    union all
+    select 'keyless' as kind, null as source_order_id, copies as value
+    from current_keys
+    where source_order_id is null
+    """
 
 
 def store_all(conn: Connection, sources: Sequence[Source], current: pl.DataFrame) -> None:

@@ -11,15 +11,9 @@ import polars as pl
 from .._database import Database, first_line, redact
 from ..config import Source
 from ..errors import CraftmartError
-from ..transform.changes import HASH_SCHEMA
 from .queries import CANONICAL_SCHEMA, pull_query
 
 logger = logging.getLogger(__name__)
-
-
-def pull_hashes(db: Database, sources: Sequence[Source]) -> pl.DataFrame:
-    """Every source row's key and hash (``source_name, source_order_id, row_hash``)."""
-    return _read(db, [pull_query(s, fields=False) for s in sources], HASH_SCHEMA)
 
 
 def pull_sources(

@@ -11,7 +11,7 @@ from .validate import ORDER_KEY
 
 logger = logging.getLogger(__name__)
 
-#: The key-and-hash frames: every source row as pulled, and as the last run kept it.
+#: The key-and-hash frames: source rows as pulled, and as the last run kept them.
 HASH_SCHEMA: dict[str, pl.DataType] = {
     "source_name": pl.String(),
     "source_order_id": pl.Int64(),
