@@ -260,9 +260,8 @@ def test_the_comparison_in_the_server_equals_compare_of_every_hash(
             schema=changes.HASH_SCHEMA, orient="row"))
         execute(conn, "delete from craftmart.source_rows")
         append(conn, "craftmart", "source_rows", stored)
-
-        found = hashes.detect(conn, [source])
-        conn.rollback()
+        conn.commit()
+    found = hashes.detect(db, [source])
     expected = changes.compare(pulled, stored)
     assert found.changed.rows() == expected.changed.rows()
     assert found.keyless == expected.keyless

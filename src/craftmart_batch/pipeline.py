@@ -115,7 +115,7 @@ def run(
             pull_reason = (row_hashes.FULL_RUN if full
                            else row_hashes.full_pull_reason(conn, settings.sources))
         with _stage(report, "pull", progress):
-            delta = (row_hashes.detect(conn, settings.sources) if pull_reason is None
+            delta = (row_hashes.detect(db, settings.sources) if pull_reason is None
                      else None)
         mart_input = None
         if delta is None or not _load_changes(conn, db, settings, delta, report, progress):

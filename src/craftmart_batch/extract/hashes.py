@@ -22,11 +22,13 @@ from collections.abc import Sequence
 import polars as pl
 
 from .. import __version__, logic
+from .._database import Database, quote_literal
 from .._sql import Connection, append, execute, fetch_frame, stage
 from ..config import Source
 from ..transform.changes import KEYED_ONCE, NO_HASHES, SourceDelta, compare
 from ..transform.validate import ORDER_KEY
 from .queries import pull_query
+from .read import read_queries
 
 logger = logging.getLogger(__name__)
 
@@ -62,24 +64,19 @@ def full_pull_reason(conn: Connection, sources: Sequence[Source]) -> str | None:
     return None
 
 
-def detect(conn: Connection, sources: Sequence[Source]) -> SourceDelta:
+def detect(db: Database, sources: Sequence[Source]) -> SourceDelta:
     """Compare every source row's hash with the stored one in the server (the stored
     hashes must apply: ``full_pull_reason`` is None): only the changed keys, and a count
     per source, cross the wire, whatever the size of the warehouse.
 
-    The same answer as ``transform.changes.compare`` of every key and hash against the
-    stored ones (a test holds the two equal): keys that are new, changed, gone or
-    repeated in their source are changed; keyless rows mark their source.
+    One query per source, run in parallel by connectorx like the pulls; they read
+    ``craftmart.source_rows`` as committed, which only a run holding the warehouse lock
+    changes, and this run has not yet. The same answer as ``transform.changes.compare``
+    of every key and hash against the stored ones (a test holds the two equal): keys
+    that are new, changed, gone or repeated in their source are changed; keyless rows
+    mark their source.
     """
-    parts = []
-    for source in sources:
-        found = fetch_frame(conn, compare_query(source), (source.name,))
-        parts.append(found.select(
-            pl.col("kind").cast(pl.String), pl.lit(source.name).alias("source_name"),
-            pl.col("source_order_id").cast(pl.Int64), pl.col("value").cast(pl.Int64)))
-    found = pl.concat(parts) if parts else pl.DataFrame(
-        schema={"kind": pl.String, "source_name": pl.String, "source_order_id": pl.Int64,
-                "value": pl.Int64})
+    found = read_queries(db, [compare_query(s) for s in sources], _COMPARED)
     changed = found.filter(pl.col("kind") == "changed")
     counts = found.filter(pl.col("kind") == "rows")
     keyless = found.filter((pl.col("kind") == "keyless") & (pl.col("value") > 0))
@@ -93,13 +90,24 @@ def detect(conn: Connection, sources: Sequence[Source]) -> SourceDelta:
     )
 
 
+_COMPARED: dict[str, pl.DataType] = {
+    "kind": pl.String(),
+    "source_name": pl.String(),
+    "source_order_id": pl.Int64(),
+    "value": pl.Int64(),
+}
+
+
 def compare_query(source: Source) -> str:
     """One source's keys compared with its stored hashes, in the server: a row per
     changed key (``kind`` 'changed', with the hash to keep when the key is there once),
     the source's row count ('rows') and its rows without a key ('keyless')."""
+    name = quote_literal(source.name)
+    # current_rows is materialised so that each row is hashed once, before grouping:
+    # left to the planner, the whole wide row is sorted by key and hashed afterwards.
     return f"""
     with
-    current_rows as (
+    current_rows as materialized (
         {pull_query(source, fields=False)}
     ),
 
@@ -112,7 +120,7 @@ def compare_query(source: Source) -> str:
     stored_keys as (
         select source_order_id, row_hash
         from craftmart.source_rows
-        where source_name = $1
+        where source_name = {name}
     ),
 
     changed_keys as (
@@ -131,12 +139,15 @@ def compare_query(source: Source) -> str:
             )
     )
 
-    select 'changed' as kind, source_order_id, row_hash as value from changed_keys
+    select 'changed' as kind, {name} as source_name, source_order_id, row_hash as value
+    from changed_keys
     union all
-    select 'rows' as kind, null as source_order_id, sum(copies)::bigint as value
+    select 'rows' as kind, {name} as source_name, null as source_order_id,
+        sum(copies)::bigint as value
     from current_keys
     union all
-    select 'keyless' as kind, null as source_order_id, copies as value
+    select 'keyless' as kind, {name} as source_name, null as source_order_id,
+        copies as value
     from current_keys
     where source_order_id is null
     """

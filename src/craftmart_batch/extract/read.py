@@ -32,10 +32,12 @@ def pull_sources(
         wanted = keys.group_by("source_name").agg("source_order_id")
         by_source = dict(zip(wanted["source_name"], wanted["source_order_id"], strict=True))
         queries = [pull_query(s, keys=by_source[s.name]) for s in sources if s.name in by_source]
-    return _read(db, queries, {**CANONICAL_SCHEMA, "row_hash": pl.Int64()})
+    return read_queries(db, queries, {**CANONICAL_SCHEMA, "row_hash": pl.Int64()})
 
 
-def _read(db: Database, queries: list[str], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def read_queries(
+    db: Database, queries: list[str], schema: dict[str, pl.DataType]
+) -> pl.DataFrame:
     """Run queries with connectorx, in parallel, into one frame of ``schema``."""
     # connectorx's Rust logger prints its pool's retries to stderr; the error itself comes
     # back as the exception below, so the logger stays off unless RUST_LOG asks for it.
