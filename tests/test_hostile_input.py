@@ -469,6 +469,8 @@ def test_values_that_once_stopped_every_run_are_quarantined_and_the_run_goes_on(
     by_key = {row["source_order_id"]: row for row in listed}
     for case, (name, _, rule, raw) in ONCE_FATAL.items():
         row = by_key[keys[case]]
+        assert set(row) == {"source_name", "source_order_id", "reasons", "out_of_range",
+                            "raw", "first_seen"}, case
         assert (row["reasons"], row["out_of_range"], row["raw"][name]) == (
             [rule], [name], raw), case
     table = cli("quarantine", *dsn, "--rule", "date_out_of_range", cwd=tmp_path)

@@ -175,8 +175,9 @@ def quarantine_listing(
     if as_json:
         return json.dumps(
             [{**row, "raw": json.loads(row["raw"]), "reasons": row["reasons"].split(","),
-              "out_of_range": [f for f in row.pop("out_of_range_fields").split(",") if f]}
-             for row in frame.iter_rows(named=True)],
+              "out_of_range": [f for f in fields.split(",") if f]}
+             for row, fields in zip(frame.drop("out_of_range_fields").iter_rows(named=True),
+                                    frame["out_of_range_fields"], strict=True)],
             indent=2,
         )
     if frame.is_empty():
