@@ -241,116 +241,83 @@ order by m.craftsman_id, m.report_period collate "C"
 """
 
 
-#: SPEC §3 over the four default sources, written by hand from ``shared/sources.sql``:
-#: per order key, how many source rows it has and whether one of them is valid. An order
-#: key is in ``dwh.f_order`` exactly when it has a valid row; every other row of it is
-#: in quarantine.
-ORDER_VALIDITY_SQL = """
-with
-source1_orders as (
+#: Every order row of the four default sources, written by hand from
+#: ``shared/sources.sql`` (not from the pipeline's mapping): its source, its table row
+#: (``row_key``), its order key, the values the validity rules read, and whether every
+#: row it joins to exists (``joined``). A query over it starts ``with source_rows as
+#: (SOURCE_ROWS_SQL)``.
+SOURCE_ROWS_SQL = """
     select
-        'source1' as source_name,
-        wide.order_id as source_order_id,
-        wide.order_created_date,
-        wide.order_completion_date,
-        wide.order_status,
-        wide.product_price,
-        wide.craftsman_birthday,
-        wide.customer_birthday,
-        wide.craftsman_email,
-        wide.customer_email,
-        true as references_found
+        'source1' as source, wide.id as row_key, wide.order_id as order_key,
+        wide.order_created_date as created, wide.order_completion_date as completion,
+        wide.order_status as status, wide.product_price as price, wide.product_type,
+        wide.craftsman_email, wide.customer_email, wide.craftsman_birthday,
+        wide.customer_birthday, true as joined
     from source1.craft_market_wide as wide
-),
-
-source2_orders as (
+    union all
     select
-        'source2' as source_name,
-        orders.order_id as source_order_id,
-        orders.order_created_date,
-        orders.order_completion_date,
-        orders.order_status,
-        products.product_price,
-        products.craftsman_birthday,
-        orders.customer_birthday,
-        products.craftsman_email,
-        orders.customer_email,
-        products.craftsman_id is not null as references_found
+        'source2', orders.order_id, orders.order_id, orders.order_created_date,
+        orders.order_completion_date, orders.order_status, products.product_price,
+        products.product_type, products.craftsman_email, orders.customer_email,
+        products.craftsman_birthday, orders.customer_birthday,
+        products.craftsman_id is not null
     from source2.craft_market_orders_customers as orders
     left join source2.craft_market_masters_products as products
         on products.craftsman_id = orders.craftsman_id
         and products.product_id = orders.product_id
-),
-
-source3_orders as (
+    union all
     select
-        'source3' as source_name,
-        orders.order_id as source_order_id,
-        orders.order_created_date,
-        orders.order_completion_date,
-        orders.order_status,
-        orders.product_price,
-        craftsmen.craftsman_birthday,
-        customers.customer_birthday,
-        craftsmen.craftsman_email,
-        customers.customer_email,
+        'source3', orders.order_id, orders.order_id, orders.order_created_date,
+        orders.order_completion_date, orders.order_status, orders.product_price,
+        orders.product_type, craftsmen.craftsman_email, customers.customer_email,
+        craftsmen.craftsman_birthday, customers.customer_birthday,
         craftsmen.craftsman_id is not null and customers.customer_id is not null
-            as references_found
     from source3.craft_market_orders as orders
     left join source3.craft_market_craftsmans as craftsmen
         on craftsmen.craftsman_id = orders.craftsman_id
     left join source3.craft_market_customers as customers
         on customers.customer_id = orders.customer_id
-),
-
-external_orders as (
+    union all
     select
-        'external_source' as source_name,
-        orders.order_id as source_order_id,
-        orders.order_created_date,
-        orders.order_completion_date,
-        orders.order_status,
-        orders.product_price,
-        orders.craftsman_birthday,
-        customers.customer_birthday,
-        orders.craftsman_email,
-        customers.customer_email,
-        customers.customer_id is not null as references_found
+        'external_source', orders.id, orders.order_id, orders.order_created_date,
+        orders.order_completion_date, orders.order_status, orders.product_price,
+        orders.product_type, orders.craftsman_email, customers.customer_email,
+        orders.craftsman_birthday, customers.customer_birthday,
+        customers.customer_id is not null
     from external_source.craft_products_orders as orders
     left join external_source.customers as customers
         on customers.customer_id = orders.customer_id
-),
+"""
 
-all_orders as (
-    select * from source1_orders
-    union all select * from source2_orders
-    union all select * from source3_orders
-    union all select * from external_orders
-),
+#: SPEC §3 over ``SOURCE_ROWS_SQL``: per order key, how many source rows it has and
+#: whether one of them is valid. An order key is in ``dwh.f_order`` exactly when it has
+#: a valid row; every other row of it is in quarantine.
+ORDER_VALIDITY_SQL = f"""
+with
+source_rows as ({SOURCE_ROWS_SQL}),
 
 rows_checked as (
     select
-        source_name,
-        source_order_id,
+        source as source_name,
+        order_key as source_order_id,
         coalesce(
-            order_created_date is not null
-            and lower(btrim(order_status)) in ('created', 'in progress', 'delivery', 'done')
-            and (order_completion_date is null or order_completion_date >= order_created_date)
-            and product_price > 0
-            and product_price <= 10000000
+            created is not null
+            and lower(btrim(status)) in ('created', 'in progress', 'delivery', 'done')
+            and (completion is null or completion >= created)
+            and price > 0
+            and price <= 10000000
             and btrim(craftsman_email) ~ '^[^@[:space:]]+@[^@[:space:]]+$'
             and btrim(customer_email) ~ '^[^@[:space:]]+@[^@[:space:]]+$'
-            and references_found
-            and order_created_date between date '1900-01-01' and date '2999-12-31'
-            and coalesce(order_completion_date between date '1900-01-01'
-                         and date '2999-12-31', true)
+            and joined
+            and created between date '1900-01-01' and date '2999-12-31'
+            and coalesce(completion between date '1900-01-01' and date '2999-12-31', true)
             and coalesce(craftsman_birthday between date '1900-01-01'
                          and date '2999-12-31', true)
             and coalesce(customer_birthday between date '1900-01-01'
                          and date '2999-12-31', true),
             false
         ) as is_valid
-    from all_orders
+    from source_rows
 )
 
 select

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 from helpers import query, settings_for
+from oracle import SOURCE_ROWS_SQL
 
 from craftmart_batch import pipeline
 from craftmart_batch import synthetic as gen
@@ -26,39 +27,11 @@ SEED = 20240601
 
 Shared = tuple[Any, gen.GenerateSummary]  # a connection to a generated database, its summary
 
-# Every source as canonical order rows, with the validity rules of SPEC §3 as flags;
-# written independently of the generator so it checks what the generator claims.
-CANONICAL = """
-with canonical as (
-    select 'source1' as source, w.id as row_key, w.order_id as order_key,
-           w.order_created_date as created, w.order_completion_date as completion,
-           w.order_status as status, w.product_price as price, w.product_type,
-           w.craftsman_email, w.customer_email, w.craftsman_birthday, w.customer_birthday,
-           true as joined
-    from source1.craft_market_wide as w
-    union all
-    select 'source2', o.order_id, o.order_id, o.order_created_date, o.order_completion_date,
-           o.order_status, m.product_price, m.product_type, m.craftsman_email,
-           o.customer_email, m.craftsman_birthday, o.customer_birthday,
-           m.craftsman_id is not null
-    from source2.craft_market_orders_customers as o
-    left join source2.craft_market_masters_products as m
-        on m.craftsman_id = o.craftsman_id and m.product_id = o.product_id
-    union all
-    select 'source3', o.order_id, o.order_id, o.order_created_date, o.order_completion_date,
-           o.order_status, o.product_price, o.product_type, k.craftsman_email,
-           c.customer_email, k.craftsman_birthday, c.customer_birthday, true
-    from source3.craft_market_orders as o
-    inner join source3.craft_market_craftsmans as k on k.craftsman_id = o.craftsman_id
-    inner join source3.craft_market_customers as c on c.customer_id = o.customer_id
-    union all
-    select 'external_source', o.id, o.order_id, o.order_created_date,
-           o.order_completion_date, o.order_status, o.product_price, o.product_type,
-           o.craftsman_email, c.customer_email, o.craftsman_birthday, c.customer_birthday,
-           true
-    from external_source.craft_products_orders as o
-    inner join external_source.customers as c on c.customer_id = o.customer_id
-)
+# Every source row (tests/oracle.py) with the validity rules of SPEC §3 as flags, named
+# as the generator plants them; written independently of the generator so it checks
+# what the generator claims.
+CANONICAL = f"""
+with canonical as ({SOURCE_ROWS_SQL})
 select *,
        created is null as created_date_null,
        lower(btrim(status)) not in ('created', 'in progress', 'delivery', 'done')
