@@ -140,7 +140,7 @@ def run(
             runs.record_failure(db, report, started_at, str(error))
             raise error from None
         runs.record_failure(db, report, started_at,
-                        f"{type(exc).__name__}: {first_line(redact(str(exc)))}")
+                            f"{type(exc).__name__}: {first_line(redact(str(exc)))}")
         raise
     finally:
         runs.close(conn)

@@ -72,7 +72,7 @@ def source_counts(
     settings: Settings, canonical: pl.DataFrame, valid: pl.DataFrame, quarantine: pl.DataFrame
 ) -> dict[str, dict[str, int]]:
     return by_source(settings, rows_per_source(canonical), rows_per_source(valid),
-                      rows_per_source(quarantine))
+                     rows_per_source(quarantine))
 
 
 def by_source(
