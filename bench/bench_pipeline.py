@@ -35,6 +35,8 @@ from craftmart_batch._database import (
 from craftmart_batch._sql import fetch_value
 
 CLI = Path(sys.executable).parent / "craftmart-batch"
+#: options of every `run` step (--memory-budget, --partitions)
+RUN_OPTS: list[str] = []
 
 
 class StepFailed(Exception):
@@ -86,7 +88,7 @@ def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
               share: float | None = None, changes: int | None = None,
               apply: dict[str, Any] | None = None) -> dict[str, Any]:
     full = kind == "full"
-    result = step(["run", "--json", *cli_opts, *(["--full"] if full else [])])
+    result = step(["run", "--json", *cli_opts, *RUN_OPTS, *(["--full"] if full else [])])
     try:
         report = json.loads(result["stdout"])
     except json.JSONDecodeError as exc:
@@ -103,6 +105,9 @@ def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
         # the process's peak when each stage ended: which stage set it
         "stage_peak_rss_mb": report.get("peak_rss_mb", {}),
         "pull": report.get("pull"),
+        "partitions": report.get("partitions"),
+        "mart_groups": report.get("mart_groups"),
+        "memory_budget_mb": report.get("memory_budget_mb"),
         "rows_pulled": sum(report.get("pulled", {}).values()),
         "dwh": report.get("dwh", {}),
         "marts": {
@@ -115,7 +120,7 @@ def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
     if apply is not None:
         row["apply"] = apply
     print(f"  {label:<28} {row['seconds']:8.2f} s  RSS {row['peak_rss_mb']:7.0f} MB  "
-          f"DB {row['database_mb']:7.0f} MB", flush=True)
+          f"DB {row['database_mb']:7.0f} MB  partitions {row['partitions']}", flush=True)
     return row
 
 
@@ -248,7 +253,8 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "machine": info,
         "settings": {"seed": args.seed, "changes": args.changes, "shape": args.shape,
-                     "config": str(args.config) if args.config else None},
+                     "config": str(args.config) if args.config else None,
+                     "run_options": RUN_OPTS},
         "results": results,
     }
 
@@ -266,8 +272,16 @@ def main() -> int:
                              "created on it per size (default: a temporary embedded server)")
     parser.add_argument("--config", type=Path, default=None,
                         help="config.toml passed to every craftmart-batch command")
+    parser.add_argument("--memory-budget", default=None,
+                        help="run --memory-budget of every run (default: the run's default)")
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="run --partitions of every run (default: automatic)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
     args = parser.parse_args()
+    if args.memory_budget:
+        RUN_OPTS.extend(["--memory-budget", args.memory_budget])
+    if args.partitions is not None:
+        RUN_OPTS.extend(["--partitions", str(args.partitions)])
     if not CLI.exists():
         parser.error(f"{CLI} not found: install craftmart-batch into this interpreter's env")
 

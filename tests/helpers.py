@@ -158,8 +158,12 @@ def settings_for(db: Database, config: Path | None = None, **overrides: Any) -> 
     return load_settings(config, dsn=db.libpq_uri(), **overrides)
 
 
-def run(db: Database, *, full: bool = False, config: Path | None = None) -> pipeline.RunReport:
-    return pipeline.run(settings_for(db, config), db, full=full)
+def run(
+    db: Database, *, full: bool = False, config: Path | None = None, **overrides: Any
+) -> pipeline.RunReport:
+    """One run on ``db``; ``overrides`` are settings such as ``partitions=3`` or
+    ``memory_budget="300MB"``."""
+    return pipeline.run(settings_for(db, config, **overrides), db, full=full)
 
 
 def mart(db: Database, name: str) -> pl.DataFrame:

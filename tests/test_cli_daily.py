@@ -249,10 +249,12 @@ def test_history_lists_runs_newest_first_with_rows_and_stage_seconds(
     table = limited.stdout.split("seconds per stage:")[0]
     assert len(re.findall(r"^\| \d+ ", table, re.MULTILINE)) == 1
     assert re.search(rf"^\| {latest['run_id']} +\| \S+ \S+ +\| [\d.]+ +\| incremental \| success"
-                     r" +\| changes ", table, re.MULTILINE)
+                     r" +\| changes +\| 1 +\|", table, re.MULTILINE)
+    assert (earliest["partitions"], latest["partitions"]) == (1, 1)
     # the stage columns in the order the stages run
     header = limited.stdout.split("seconds per stage:")[1].splitlines()[1]
-    assert re.sub(r"\s+", "", header).startswith("|run|lock|schema|pull|validate|dedup|diff|write|")
+    assert re.sub(r"\s+", "", header).startswith(
+        "|run|lock|schema|plan|pull|validate|dedup|diff|write|")
 
 
 def _refuse_order_writes(db: Database, message: str) -> None:
@@ -489,7 +491,9 @@ def test_progress_on_a_terminal_uses_rich_and_plain_lines_otherwise(
     piped = cli("run", "--dsn", db.libpq_uri(), cwd=tmp_path)
     assert piped.returncode == 0, piped.stderr
     assert "\x1b[" not in piped.stderr and "✓" not in piped.stderr
-    assert re.search(r"^  pull \.\.\. \d+\.\ds$", piped.stderr, re.MULTILINE), piped.stderr
+    # nothing changed: the plan (the hash comparison) finds it, and nothing is pulled
+    assert re.search(r"^  plan \.\.\. \d+\.\ds$", piped.stderr, re.MULTILINE), piped.stderr
+    assert "  pull ..." not in piped.stderr
 
 
 # --- scheduling -----------------------------------------------------------------------

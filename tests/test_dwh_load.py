@@ -20,6 +20,7 @@ from helpers import (
     run,
     sql,
 )
+from test_incremental import _duplicate
 
 from craftmart_batch._database import Database
 
@@ -301,6 +302,32 @@ def test_a_row_fixed_in_its_source_loads_and_leaves_quarantine(db: Database) -> 
     ]
     customer_report = mart(db, "customer_report_datamart")
     assert customer_report.select("count_order", "count_order_done").rows() == [(1, 1)]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_a_row_repeated_verbatim_is_quarantined_once_per_copy(db: Database, full: bool) -> None:
+    """Rows read = loaded + quarantined, however many identical copies of a row a source
+    holds: one row of the order loads, and every other copy is a quarantine row of its
+    own, on the run that meets them and on every run after (identical rows are matched
+    as a multiset, not as a set)."""
+    create_sources(db)
+    key = add_order(db, "source1", order_status="in progress")
+    run(db)
+    _duplicate(db, key, "order_status", "in progress")  # verbatim
+    run(db, full=full)
+    assert query(db, "select count(*) from craftmart.quarantine").item() == 1
+    _duplicate(db, key, "order_status", "in progress")  # a third copy, identical
+    _duplicate(db, key, "order_status", "delivery")  # and a fourth that differs
+    report = run(db, full=full)
+    rows = query(db, "select reasons, raw::jsonb->>'order_status' as status"
+                     " from craftmart.quarantine order by 2")
+    # the loaded row is the first in content order: 'delivery' < 'in progress'
+    assert query(db, "select order_status from dwh.f_order").item() == "delivery"
+    assert rows.rows() == [(["duplicate_order_key"], "in progress")] * 3
+    assert report.quarantine == {"left": 0, "arrived": 2}
+    assert report.sources["source1"] == {"read": 4, "loaded": 1, "quarantined": 3}
+    assert run(db).quarantine == {"left": 0, "arrived": 0}
+    assert query(db, "select count(*) from craftmart.quarantine").item() == 3
 
 
 def test_a_row_turning_invalid_leaves_f_order_and_the_marts(db: Database) -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_dwh_load import add_source4_sale, create_source4
 from test_incremental import assert_incremental_is_full, set_field
 
-from craftmart_batch import pipeline, schema
+from craftmart_batch import schema, stages
 from craftmart_batch._database import Database, connection
 from craftmart_batch._sql import append, execute, fetch_frame
 from craftmart_batch.config import load_settings
@@ -176,7 +176,7 @@ def test_many_changes_pull_everything(db: Database) -> None:
 
     # half the rows changed: past FULL_PULL_SHARE
     assert (report.pull, report.pull_reason) == ("everything", hashes.MANY_CHANGES)
-    assert pipeline.FULL_PULL_SHARE < 0.5
+    assert stages.FULL_PULL_SHARE < 0.5
     assert query(db, "select count(*) from dwh.f_order where product_price = 999").item() == 2
 
 

@@ -287,6 +287,46 @@ def test_a_stop_signal_at_any_stage_rolls_back_or_lets_the_commit_stand(
     assert_next_run_equals_full(db)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "stage", "full"),
+    [
+        (signal.SIGTERM, "pull 2/3", False),
+        (signal.SIGINT, "validate 3/3", False),
+        (signal.SIGTERM, "write 2/3", False),
+        (signal.SIGTERM, "pull 3/3", True),
+        (signal.SIGKILL, "validate 2/3", True),
+        (signal.SIGKILL, "write 3/3", True),
+    ],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else str(v),
+)
+def test_a_signal_at_a_partition_boundary_leaves_everything_as_it_was(
+    marketplace: Database, tmp_path: Path, signum: signal.Signals, stage: str, full: bool
+) -> None:
+    """A run in three partitions (of the changed rows, or of every row with --full),
+    stopped or killed as a partition starts: nothing it staged, quarantined, hashed or
+    wrote in the partitions before is left, and the next run equals `run --full`."""
+    db = marketplace
+    before, runs_before = warehouse_state(db), successful_runs(db)
+    cli = CliRun(db, "--partitions", "3", *(["--full"] if full else []), cwd=tmp_path)
+    cli.wait_for_stage(stage)
+    cli.signal(signum)
+    code = cli.finish(timeout=60)
+    wait_until(lambda: backends(db, "true") == 0, "the run's backend ends")
+
+    assert successful_runs(db) == runs_before, cli.stderr
+    assert warehouse_state(db) == before
+    if signum == signal.SIGKILL:
+        assert code == -signum
+    else:
+        assert code == 128 + signum, cli.stderr
+        assert error_lines(cli.stderr) == [
+            f"craftmart-batch: interrupted by {signum.name}; nothing was committed"
+        ], cli.stderr
+    report = assert_next_run_equals_full(db)
+    assert report.dwh["f_order"]["inserted"] + report.dwh["f_order"]["updated"] > 0
+
+
 #: Reads small results over ADBC, as a run does between its big steps, inside
 #: ``stop_signals_interrupt``, while another thread sends SIGINT and SIGTERM to the main
 #: thread every millisecond or so. Prints how many reads finished and how many were

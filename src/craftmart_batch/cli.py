@@ -65,10 +65,14 @@ def _Progress(enabled: bool = True, banner: str | None = None) -> Any:
     return StageProgress(enabled=enabled, banner=banner)
 
 
-def _settings(config: Path | None, dsn: str | None, wait: bool | None = None) -> Any:
+def _settings(
+    config: Path | None, dsn: str | None, wait: bool | None = None, *,
+    partitions: int | None = None, memory_budget: str | None = None,
+) -> Any:
     from .config import load_settings
 
-    return load_settings(config, dsn=dsn, wait_for_lock=wait)
+    return load_settings(config, dsn=dsn, wait_for_lock=wait, partitions=partitions,
+                         memory_budget=memory_budget)
 
 
 def _database(settings: Any) -> Any:
@@ -87,12 +91,23 @@ def run(
         typer.Option("--wait/--no-wait", help="Wait for another run's lock instead of exiting 3.",
                      show_default=False),
     ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option("--partitions", min=0, show_default=False,
+                     help="Partitions of the run's work (0: as the memory budget needs)."),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option("--memory-budget", show_default=False,
+                     help="Peak memory of the run, e.g. 700MB or 1.5GB (default 2GB)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Load every registered source into the DWH and refresh both marts."""
     from . import pipeline, report
 
-    settings = _settings(config, dsn, wait)
+    settings = _settings(config, dsn, wait, partitions=partitions,
+                         memory_budget=memory_budget)
     db = _database(settings)
     progress = _Progress(enabled=not as_json, banner=f"craftmart-batch run on {db.display()}")
     try:

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ._sizes import parse_size
 from .errors import CraftmartError
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ class Settings:
     sources: tuple[Source, ...]
     config_file: Path | None = None
     source_order: tuple[str, ...] = field(default=())
+    #: partitions of a run's work; 0: as many as ``memory_budget`` needs
+    partitions: int = 0
+    #: bytes the run process may use at its peak (automatic partitioning)
+    memory_budget: int = 2 * 2**30
 
     def source(self, name: str) -> Source:
         for source in self.sources:
@@ -92,7 +97,9 @@ class Settings:
 
 _TOP_KEYS = {"database", "run", "sources"}
 _DATABASE_KEYS: dict[str, type] = {"dsn": str, "data_dir": str, "embedded_dbname": str}
-_RUN_KEYS: dict[str, type] = {"wait_for_lock": bool, "statement_timeout": str}
+_RUN_KEYS: dict[str, type] = {
+    "wait_for_lock": bool, "statement_timeout": str, "partitions": int, "memory_budget": str,
+}
 _SOURCE_KEYS: dict[str, type] = {
     "schema": str, "table": str, "key": str, "enabled": bool, "join": list, "columns": dict,
 }
@@ -122,7 +129,9 @@ def _check_table(where: str, table: dict[str, Any], allowed: dict[str, type]) ->
             )
 
 
-_TYPE_NAMES = {str: "string", bool: "boolean", list: "array of tables", dict: "table"}
+_TYPE_NAMES = {
+    str: "string", int: "integer", bool: "boolean", list: "array of tables", dict: "table",
+}
 
 
 def _check_layer(label: str, doc: dict[str, Any]) -> None:
@@ -217,6 +226,8 @@ def load_settings(
     *,
     dsn: str | None = None,
     wait_for_lock: bool | None = None,
+    partitions: int | None = None,
+    memory_budget: str | None = None,
 ) -> Settings:
     """Resolve settings from every layer; raise ``CraftmartError`` naming a bad key."""
     defaults = tomllib.loads(default_config_text())
@@ -247,6 +258,17 @@ def load_settings(
         database["dsn"] = dsn
     if wait_for_lock is not None:
         run["wait_for_lock"] = wait_for_lock
+    if partitions is not None:
+        run["partitions"] = partitions
+    if memory_budget is not None:
+        run["memory_budget"] = memory_budget
+    if run["partitions"] < 0:
+        raise CraftmartError(
+            f"run.partitions must be 0 (automatic) or more, not {run['partitions']}")
+    try:
+        budget = parse_size(run["memory_budget"])
+    except ValueError as exc:
+        raise CraftmartError(f"run.memory_budget: {exc}") from None
 
     sources = []
     for rank, (name, (label, body)) in enumerate(raw_sources.items(), start=1):
@@ -264,4 +286,6 @@ def load_settings(
         sources=tuple(sources),
         config_file=config_file,
         source_order=tuple(raw_sources),
+        partitions=int(run["partitions"]),
+        memory_budget=budget,
     )

@@ -14,25 +14,18 @@ import logging
 import resource
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
-import polars as pl
-
-from . import schema
+from . import schema, stages
 from ._database import Database, connect, first_line, redact
 from ._sql import Connection, database_error, execute, fetch_value
 from .config import Settings
 from .errors import CraftmartError, LockHeldError
 from .extract import hashes as row_hashes
-from .extract import queries, read
+from .extract import queries
 from .load import dwh, refresh, runs
-from .load.quarantine import write_quarantine
 from .load.runs import RunReport
-from .transform.changes import SourceDelta, rows_per_source
-from .transform.diff import diff_warehouse, no_changes
-from .transform.identity import ORDER_ATTRS, build_warehouse
-from .transform.marts import orders_with_attributes
-from .transform.validate import validate
+from .transform.diff import no_changes
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +36,16 @@ Progress = Callable[[str], None]
 
 
 @contextmanager
-def _stage(report: RunReport, name: str, progress: Progress | None) -> Iterator[None]:
-    """Time a stage; a stage entered again (a run pulls in steps) adds to its time and
-    is announced only the first time."""
+def _stage(
+    report: RunReport, name: str, progress: Progress | None, partition: int = 0,
+    partitions: int = 1,
+) -> Iterator[None]:
+    """Time a stage; a stage entered again (once per partition) adds to its time and is
+    announced the first time, and then at each partition's start."""
     if progress and name not in report.stages:
         progress(name)
+    elif progress and partitions > 1:
+        progress(f"{name} {partition + 1}/{partitions}")
     started = time.perf_counter()
     yield
     report.stages[name] = report.stages.get(name, 0.0) + time.perf_counter() - started
@@ -91,7 +89,9 @@ def run(
     """Load every registered source into the DWH and refresh both marts, atomically.
 
     Everything happens in one transaction under an advisory lock: killed at any
-    instant, the run leaves DWH, marts and load dates as they were.
+    instant, the run leaves DWH, marts and load dates as they were. Every run goes the
+    same way: plan, stage each partition, resolve the dimensions, write each
+    partition's orders, refresh each mart group by group, record and commit.
     """
     report = RunReport(full=full)
     started_at = time.time()
@@ -112,18 +112,20 @@ def run(
         with _stage(report, "schema", progress):
             report.migrations = schema.migrate(conn)
             report.run_ts = _set_run_timestamp(conn)
-            pull_reason = (row_hashes.FULL_RUN if full
-                           else row_hashes.full_pull_reason(conn, settings.sources))
-        with _stage(report, "pull", progress):
-            delta = (row_hashes.detect(db, settings.sources) if pull_reason is None
-                     else None)
-        mart_input = None
-        if delta is None or not _load_changes(conn, db, settings, delta, report, progress):
-            report.pull_reason = pull_reason or row_hashes.MANY_CHANGES
-            mart_input = _load_everything(conn, db, settings, report, progress)
+            reason = (row_hashes.FULL_RUN if full
+                      else row_hashes.full_pull_reason(conn, settings.sources))
+        with _stage(report, "plan", progress):
+            delta = row_hashes.detect(db, settings.sources) if reason is None else None
+            plan = stages.plan(conn, settings, reason=reason, delta=delta)
+            report.plan(plan, settings.memory_budget)
+        if plan.is_empty:
+            report.dwh, report.quarantine = no_changes(), {"left": 0, "arrived": 0}
+            report.sources = stages.source_counts(conn, settings, plan, stages.Collected())
+        else:
+            _load(conn, db, settings, plan, report, progress)
         for mart in refresh.MARTS:
             with _stage(report, mart.name, progress):
-                outcome = refresh.refresh(conn, mart, full=full, dwh_orders=mart_input)
+                outcome = refresh.refresh(conn, mart, full=full, groups=plan.sizing.mart_groups)
                 report.marts[mart.name] = outcome.as_dict()
         refresh.prune_change_log(conn)
         with _stage(report, "commit", progress):
@@ -147,108 +149,31 @@ def run(
     return report
 
 
-#: Past this share of all source rows changed, pulling the changed rows by key and
-#: resolving them against the DWH is no cheaper than pulling everything: the run does.
-FULL_PULL_SHARE = 0.4
-
-
-def _load_everything(
-    conn: Connection, db: Database, settings: Settings, report: RunReport, progress: Progress | None
-) -> pl.DataFrame:
-    """Pull every source row and make the DWH and quarantine match them.
-
-    Returns every DWH order with its attributes, as written: what the marts aggregate.
-    """
-    report.pull = "everything"
-    valid_parts, quarantine_parts, hash_parts = [], [], []
-    # One source at a time: only one source's rows are held as read (as Arrow, then as
-    # Polars) at any moment, beside the valid rows of the sources before it.
-    for source in settings.sources:
-        with _stage(report, "pull", progress):
-            canonical = read.pull_sources(db, [source])
-        with _stage(report, "validate", progress):
-            hash_parts.append(canonical.select("source_name", "source_order_id", "row_hash"))
-            valid, quarantine = validate(canonical.drop("row_hash"))
-            del canonical
-            valid_parts.append(valid)
-            quarantine_parts.append(quarantine)
-    with _stage(report, "validate", None):
-        valid = pl.concat(valid_parts, rechunk=False)
-        quarantine = pl.concat(quarantine_parts, rechunk=False)
-        hashes = pl.concat(hash_parts, rechunk=False)
-        del valid_parts, quarantine_parts, hash_parts
-        report.pulled = rows_per_source(hashes)
-        report.sources = runs.source_counts(settings, hashes, valid, quarantine)
-    with _stage(report, "dedup", progress):
-        target = build_warehouse(valid)
-        del valid
-    with _stage(report, "diff", progress):
-        current = dwh.read_current(conn)
-        diff = diff_warehouse(current, target)
-    with _stage(report, "write", progress):
-        ids = dwh.write_warehouse(conn, current, diff, first_load=current.orders.is_empty())
-        report.quarantine = write_quarantine(conn, quarantine)
-        row_hashes.store_all(conn, settings.sources, hashes)
-        del current, quarantine, hashes
-        # Statistics for what was just written, in this transaction: without them the
-        # next statements (and the next run, if it comes before autovacuum does) plan
-        # for the tables as they were, e.g. empty before a first load.
-        execute(conn, "analyze dwh.d_craftsman, dwh.d_customer, dwh.d_product, dwh.f_order,"
-                      " craftmart.source_rows")
-    report.dwh = diff.counts()
-    # The DWH as now written, in memory: what the marts aggregate on an
-    # incremental refresh (--full re-reads it from the database instead).
-    needed = ["craftsman_id", "customer_id", *ORDER_ATTRS]
-    return orders_with_attributes(
-        ids.resolve(target.orders, needed), target.craftsmen, target.customers, target.products
-    )
-
-
-def _load_changes(
-    conn: Connection,
-    db: Database,
-    settings: Settings,
-    delta: SourceDelta,
-    report: RunReport,
+def _load(
+    conn: Connection, db: Database, settings: Settings, plan: stages.Plan, report: RunReport,
     progress: Progress | None,
-) -> bool:
-    """Pull only the changed rows, and the latest unchanged row of every entity they
-    touch, and apply what they change to the DWH and quarantine. False, having done
-    nothing, when so many rows changed that pulling everything is cheaper."""
-    report.pull = "changes"
-    if delta.is_empty:
-        report.pulled = {}
-        report.dwh = no_changes()
-        report.quarantine = {"left": 0, "arrived": 0}
-        report.sources = runs.stored_counts(conn, settings, delta)
-        return True
-    if delta.changed.height > FULL_PULL_SHARE * sum(delta.rows.values()):
-        return False
-    with _stage(report, "pull", progress):
-        changed_keys = delta.pull_keys()
-        changed = read.pull_sources(db, settings.sources, changed_keys)
-    with _stage(report, "validate", progress):
-        valid, quarantine = validate(changed.drop("row_hash"))
-    with _stage(report, "diff", progress):
-        scope = dwh.read_scope(conn, delta.changed, valid,
-                                {s.name: s.rank for s in settings.sources})
-    with _stage(report, "pull", progress):
-        others = read.pull_sources(db, settings.sources, scope.latest_unchanged)
-        report.pulled = rows_per_source(pl.concat([changed, others]))
-    with _stage(report, "validate", progress):
-        # Unchanged rows are valid; one that changed since the keys were compared is
-        # left, whatever it now holds, to the next run, which sees its new hash.
-        valid = pl.concat([valid, validate(others.drop("row_hash"))[0]])
-    with _stage(report, "dedup", progress):
-        target = scope.restrict(build_warehouse(valid), delta.changed)
-    with _stage(report, "diff", progress):
-        diff = diff_warehouse(scope.current, target)
+) -> None:
+    """The DWH and quarantine made to match the sources, partition by partition."""
+    found = stages.Collected()
+    if plan.mode == stages.EVERYTHING:
+        row_hashes.reset(conn)
+    for partition in range(plan.partitions):
+        def step(name: str, partition: int = partition) -> AbstractContextManager[None]:
+            return _stage(report, name, progress, partition, plan.partitions)
+
+        stages.stage_partition(conn, db, settings, plan, partition, found, step)
+    dims = stages.resolve_dimensions(conn, db, settings, plan, found,
+                                     lambda name: _stage(report, name, progress))
+    orders = {"inserted": 0, "updated": 0, "deleted": 0}
+    bulk = plan.first_load and found.staged_orders >= dwh.BULK_LOAD_ROWS
+    with dwh.bulk_load(conn, enabled=bulk):
+        for partition in range(plan.partitions):
+            with _stage(report, "write", progress, partition, plan.partitions):
+                for name, n in stages.write_partition(conn, plan, partition).items():
+                    orders[name] += n
     with _stage(report, "write", progress):
-        dwh.write_warehouse(conn, scope.current, diff)
-        report.quarantine = write_quarantine(conn, quarantine, scope=changed_keys)
-        row_hashes.store_changes(conn, delta.changed, changed)
-    report.dwh = diff.counts()
-    report.sources = runs.stored_counts(conn, settings, delta)
-    return True
-
-
+        stages.finish(conn, settings, plan, dims)
+    report.pulled = found.pulled
+    report.dwh = stages.dwh_counts(dims, orders)
+    report.quarantine = found.quarantine
+    report.sources = stages.source_counts(conn, settings, plan, found)

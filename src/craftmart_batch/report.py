@@ -52,6 +52,8 @@ def run_summary(report: RunReport) -> str:
         f"run {report.run_ts} finished in {total:.1f}s",
         "",
         f"source rows pulled: {_pull(report.pull, report.pull_reason)}",
+        f"partitions: {report.partitions} of the order keys, {report.mart_groups} of the"
+        f" marts' entities (memory budget {report.memory_budget_mb} MB)",
         "",
         "sources (rows read = loaded + quarantined):",
         _table(sources),
@@ -360,6 +362,8 @@ def _run_entry(row: dict[str, Any]) -> dict[str, Any]:
         # what the run pulled in full and why everything (None: recorded before reasons)
         "pull": stats.get("pull") or None,
         "pull_reason": stats.get("pull_reason"),
+        # partitions of the source rows (None: recorded before runs were partitioned)
+        "partitions": stats.get("partitions") or None,
         # the marts refreshed in full, and why
         "marts_full": {
             name: m.get("full_reason") for name, m in marts.items() if m.get("full")
@@ -400,6 +404,7 @@ def history(db: Database, *, limit: int, as_json: bool) -> str:
                 "mode": r["mode"],
                 "outcome": r["outcome"],
                 "pull": _pull(r["pull"], r["pull_reason"]),
+                "parts": r["partitions"],
                 **{k: r["rows"][k] for k in ("read", "quarantined", "inserted", "updated",
                                               "deleted")},
                 "mart_rows": sum(sum(m.values()) for m in r["mart_rows"].values()),
@@ -436,7 +441,7 @@ def _marts_full(reasons: dict[str, str | None]) -> str:
 
 
 #: The stages of a run, in the order they run (the stats keep no order).
-STAGES = ("lock", "schema", "pull", "validate", "dedup", "diff", "write",
+STAGES = ("lock", "schema", "plan", "pull", "validate", "dedup", "diff", "write",
           *(mart.name for mart in MARTS), "commit")
 
 

@@ -23,7 +23,8 @@ import polars as pl
 
 from .. import __version__, logic
 from .._database import Database, quote_literal
-from .._sql import Connection, append, execute, fetch_frame, stage
+from .._sql import Connection, execute, fetch_frame, stage
+from .._sql import append as append_frame
 from ..config import Source
 from ..transform.changes import KEYED_ONCE, NO_HASHES, SourceDelta, compare
 from ..transform.validate import ORDER_KEY
@@ -45,7 +46,7 @@ FIRST_RUN = "first_run"  # no stored hashes yet
 FULL_RUN = "full_run"  # run --full
 VERSION_OR_QUERIES_CHANGED = "version_or_queries_changed"  # package version, source mapping
 RULES_CHANGED = "rules_changed"  # validity or identity (logic.rules_fingerprint)
-MANY_CHANGES = "many_changes"  # past pipeline.FULL_PULL_SHARE of the rows changed
+MANY_CHANGES = "many_changes"  # past stages.FULL_PULL_SHARE of the rows changed
 
 
 def full_pull_reason(conn: Connection, sources: Sequence[Source]) -> str | None:
@@ -153,11 +154,21 @@ def compare_query(source: Source) -> str:
     """
 
 
-def store_all(conn: Connection, sources: Sequence[Source], current: pl.DataFrame) -> None:
-    """Keep the hashes of a full pull, replacing every stored one, and what they were
-    computed by."""
+def reset(conn: Connection) -> None:
+    """Forget every stored hash: a run that pulls everything keeps them afresh
+    (``append``, then ``store_state``)."""
     execute(conn, "truncate craftmart.source_rows")
-    append(conn, "craftmart", "source_rows", current.filter(KEYED_ONCE))
+
+
+def append(conn: Connection, pulled: pl.DataFrame) -> None:
+    """Keep the hashes of pulled rows (after ``reset``): those whose key appears once."""
+    hashes = pulled.select(*ORDER_KEY, "row_hash").filter(KEYED_ONCE)
+    if not hashes.is_empty():
+        append_frame(conn, "craftmart", "source_rows", hashes)
+
+
+def store_state(conn: Connection, sources: Sequence[Source]) -> None:
+    """Record what the stored hashes were computed by (after a full pull)."""
     execute(conn, "truncate craftmart.source_rows_state")
     execute(conn, "insert into craftmart.source_rows_state (fingerprint, rules_fingerprint)"
                   " values ($1, $2)", (fingerprint(sources), logic.rules_fingerprint()))

@@ -11,6 +11,7 @@ from .._database import quote_ident, quote_literal
 from .._sql import Connection
 from ..config import CANONICAL_FIELDS, ORDER_TABLE_ALIAS, Source
 from ..errors import CraftmartError
+from ..transform.partition import KeyRanges
 from ..transform.validate import FIRST_DATE, LAST_DATE, OUT_OF_RANGE
 
 logger = logging.getLogger(__name__)
@@ -179,13 +180,19 @@ ROW_HASH = "hash_record_extended(canonical, 0)"
 
 
 def pull_query(
-    source: Source, *, fields: bool = True, keys: pl.Series | None = None
+    source: Source, *, fields: bool = True, keys: pl.Series | None = None,
+    partition: tuple[KeyRanges, int] | None = None,
 ) -> str:
     """The source query with each row's hash; ``fields=False`` keeps only the key and the
     hash. With ``keys``, only the rows with those order keys (a null among them: and the
-    rows without a key)."""
+    rows without a key); with ``partition`` (ranges, index), only the rows of that
+    partition of the order keys (an index range on the key column)."""
     columns = "canonical.*" if fields else "canonical.source_name, canonical.source_order_id"
     where = ""
+    if partition is not None:
+        ranges, index = partition
+        key = f"{quote_ident(ORDER_TABLE_ALIAS)}.{quote_ident(source.key)}"
+        where = f"where {ranges.key_sql(source.name, key, index)}"
     if keys is not None:
         # on the key column itself (not the bigint cast of the select), so that a few
         # keys are index lookups

@@ -11,23 +11,25 @@ import polars as pl
 from .._database import Database, first_line, redact
 from ..config import Source
 from ..errors import CraftmartError
+from ..transform.partition import KeyRanges
 from .queries import CANONICAL_SCHEMA, pull_query
 
 logger = logging.getLogger(__name__)
 
 
 def pull_sources(
-    db: Database, sources: Sequence[Source], keys: pl.DataFrame | None = None
+    db: Database, sources: Sequence[Source], keys: pl.DataFrame | None = None,
+    partition: tuple[KeyRanges, int] | None = None,
 ) -> pl.DataFrame:
     """Read sources with connectorx (one query per source, in parallel) into one canonical
     frame, with each row's hash in ``row_hash``.
 
     ``keys`` (``source_name, source_order_id``) limits the pull to those orders of the
     sources it names (a null key: the source's rows without a key); without it every row
-    is read.
+    is read, or with ``partition`` (ranges, index) every row of that partition of the keys.
     """
     if keys is None:
-        queries = [pull_query(s) for s in sources]
+        queries = [pull_query(s, partition=partition) for s in sources]
     else:
         wanted = keys.group_by("source_name").agg("source_order_id")
         by_source = dict(zip(wanted["source_name"], wanted["source_order_id"], strict=True))

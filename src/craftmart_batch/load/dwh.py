@@ -15,12 +15,10 @@ from ..transform.diff import Scope, TableDiff, WarehouseDiff
 from ..transform.identity import (
     CRAFTSMAN_KEY,
     CUSTOMER_KEY,
-    ORDER_KEY,
     PRODUCT_KEY,
     SurrogateIds,
     Warehouse,
 )
-from ..transform.validate import normalised_email
 
 logger = logging.getLogger(__name__)
 
@@ -45,51 +43,66 @@ _COLUMNS = {
 }
 
 
-def read_current(conn: Connection) -> Warehouse:
-    """The DWH as it is now, by natural key, with surrogate ids (read in the run's
-    transaction, so it is exactly what the diff will be applied to)."""
-    craftsmen, customers, products, orders = (
-        fetch_frame(conn, f"select {_COLUMNS[table]} from dwh.{table}")
-        for table in ("d_craftsman", "d_customer", "d_product", "f_order")
+def read_dimensions(conn: Connection, scope: str | None = None) -> Warehouse:
+    """The DWH's dimensions as they are now, by natural key, with surrogate ids (read in
+    the run's transaction); with ``scope``, only the people and products in the
+    ``pg_temp.scope_d_*`` tables (``touched_dimensions``). No orders."""
+    craftsmen, customers, products = (
+        fetch_frame(conn, f"select {_COLUMNS[table]} from "
+                    + (f"dwh.{table}" if scope is None else f"pg_temp.scope_{table}"))
+        for table in ("d_craftsman", "d_customer", "d_product")
     )
-    return _by_natural_key(craftsmen, customers, products, orders)
+    products = products.join(craftsmen.select("craftsman_id", "craftsman_email"),
+                             on="craftsman_id", how="left")
+    return Warehouse(craftsmen, customers, products, pl.DataFrame())
 
 
-def _by_natural_key(
-    craftsmen: pl.DataFrame, customers: pl.DataFrame, products: pl.DataFrame,
-    orders: pl.DataFrame,
-) -> Warehouse:
-    """DWH rows with the natural keys of what their ids point to, as the diff compares."""
-    craftsman_emails = craftsmen.select("craftsman_id", "craftsman_email")
-    products = products.join(craftsman_emails, on="craftsman_id", how="left")
-    orders = (
-        orders.join(craftsman_emails, on="craftsman_id", how="left")
-        .join(customers.select("customer_id", "customer_email"), on="customer_id", how="left")
-        .join(
-            products.select("product_id", "product_name", "product_description"),
-            on="product_id",
-            how="left",
-        )
+#: f_order as the order diff compares it: by natural key, with the ids it points to.
+ORDER_ID_ATTRS = ("product_id", "craftsman_id", "customer_id", "order_created_date",
+                  "order_completion_date", "order_status", "product_price")
+
+
+def read_orders(conn: Connection, where: str) -> pl.DataFrame:
+    """The f_order rows ``where`` selects (a condition on ``f``), with their ids."""
+    return fetch_frame(
+        conn,
+        f"select order_id, source_name, source_order_id, {', '.join(ORDER_ID_ATTRS)}"
+        f" from dwh.f_order as f where {where}",
     )
-    return Warehouse(craftsmen, customers, products, orders)
 
 
-def read_scope(
-    conn: Connection, changed: pl.DataFrame, changed_rows: pl.DataFrame, ranks: dict[str, int]
+def resolve_ids(conn: Connection, staged: str) -> pl.DataFrame:
+    """Staged orders by natural key (a table of ``ORDER_KEY`` and ``ORDER_ATTRS``) with
+    the ids of the entities they name, as f_order holds them. The dimensions hold every
+    entity a valid order names once ``write_dimensions`` has run; a missing one would
+    leave a null id, which f_order refuses."""
+    return fetch_frame(conn, f"""
+        select
+            o.source_name, o.source_order_id, p.product_id, c.craftsman_id, cu.customer_id,
+            o.order_created_date, o.order_completion_date, o.order_status, o.product_price
+        from {staged} as o
+        left join dwh.d_craftsman as c on c.craftsman_email = o.craftsman_email
+        left join dwh.d_customer as cu on cu.customer_email = o.customer_email
+        left join dwh.d_product as p
+            on p.craftsman_id = c.craftsman_id
+            and p.product_name is not distinct from o.product_name
+            and p.product_description is not distinct from o.product_description
+    """)
+
+
+def touched_dimensions(
+    conn: Connection, keys: str, named: Warehouse, ranks: dict[str, int]
 ) -> Scope:
-    """What the ``changed`` orders (keys; their valid source rows are ``changed_rows``)
-    reach in the DWH: see ``Scope``. ``ranks`` is every source's rank (``RECENCY``)."""
-    keys = stage(conn, "scope_changed_orders", changed.select(ORDER_KEY))
-    execute(conn, f"create index on {keys} (source_name, source_order_id)")
-    named = changed_rows.select(
-        normalised_email("craftsman_email").alias("craftsman_email"),
-        normalised_email("customer_email").alias("customer_email"),
-        "product_name",
-        "product_description",
-    ).unique()
+    """What the changed orders (the table ``keys`` of ``source_name, source_order_id``,
+    with an index on them) reach in the DWH, in the ``pg_temp.scope_d_*`` tables: the
+    people and products they named before (per ``f_order``) and the ones they name now
+    (``named``: their candidates). See ``Scope``. ``ranks`` is every source's rank
+    (``RECENCY``)."""
     for person in ("craftsman", "customer"):
         email = f"{person}_email"
-        staged = stage(conn, f"scope_named_{person}s", named.select(email).unique())
+        staged = stage(conn, f"scope_named_{person}s",
+                       getattr(named, f"{person}s" if person == "customer" else "craftsmen")
+                       .select(email).unique())
         _create_scope_table(conn, f"d_{person}", f"""
             select {_COLUMNS[f"d_{person}"]} from dwh.d_{person}
             where {person}_id in (
@@ -101,8 +114,7 @@ def read_scope(
             select {_COLUMNS[f"d_{person}"]} from dwh.d_{person}
             where md5({email}) in (select md5({email}) from {staged})
         """)
-    staged = stage(conn, "scope_named_products",
-                   named.select("craftsman_email", "product_name", "product_description"))
+    staged = stage(conn, "scope_named_products", named.products.select(PRODUCT_KEY))
     _create_scope_table(conn, "d_product", f"""
         select {_COLUMNS["d_product"]} from dwh.d_product
         where product_id in (
@@ -119,24 +131,15 @@ def read_scope(
             and n.product_name is not distinct from p.product_name
             and n.product_description is not distinct from p.product_description
     """)
-    craftsmen, customers, products = (
-        fetch_frame(conn, f"select * from pg_temp.scope_{table}")
-        for table in ("d_craftsman", "d_customer", "d_product")
-    )
-    orders = fetch_frame(
-        conn,
-        f"select {_COLUMNS['f_order']} from dwh.f_order"
-        f" where (source_name, source_order_id) in (select * from {keys})",
-    )
-    current = _by_natural_key(craftsmen, customers, products, orders)
+    current = read_dimensions(conn, scope="touched")
     return Scope(
         current=current,
         craftsmen=pl.concat([current.craftsmen.select(CRAFTSMAN_KEY),
-                             named.select(CRAFTSMAN_KEY)]).unique(),
+                             named.craftsmen.select(CRAFTSMAN_KEY)]).unique(),
         customers=pl.concat([current.customers.select(CUSTOMER_KEY),
-                             named.select(CUSTOMER_KEY)]).unique(),
+                             named.customers.select(CUSTOMER_KEY)]).unique(),
         products=pl.concat([current.products.select(PRODUCT_KEY),
-                            named.select(PRODUCT_KEY)]).unique(),
+                            named.products.select(PRODUCT_KEY)]).unique(),
         latest_unchanged=_latest_unchanged(conn, keys, ranks),
     )
 
@@ -180,25 +183,33 @@ def _latest_unchanged(conn: Connection, keys: str, ranks: dict[str, int]) -> pl.
     ).cast({"source_name": pl.String, "source_order_id": pl.Int64})
 
 
-def write_warehouse(
-    conn: Connection, current: Warehouse, diff: WarehouseDiff, *, first_load: bool = False
-) -> SurrogateIds:
-    """Apply the diff: dimensions first, then facts, then entities left without orders.
-
-    ``current`` may be the whole DWH or a ``Scope``'s part of it: every entity of a
-    changed order must be in it. ``first_load`` (an empty DWH) lets a large insert build
-    ``f_order``'s secondary indexes afterwards.
-
-    Surrogate ids are resolved in Polars (current ids, plus the ids the upserts return),
-    so the fact write is a plain keyed upsert. Orders that are deleted, or that move to
-    another customer or craftsman, leave their former owners in
-    ``craftmart.order_change_log`` so the marts revisit them.
-    """
+def write_dimensions(conn: Connection, current: Warehouse, diff: WarehouseDiff) -> SurrogateIds:
+    """Write new and changed people and products (``current`` is the whole of the
+    dimensions or a ``Scope``'s part of them); return the id of every entity the
+    target has, by natural key. Entities the target no longer has are deleted later
+    (``finish_dimensions``), once no order points to them."""
     craftsman_ids = _upsert_person(conn, "craftsman", current.craftsmen, diff.craftsmen)
     customer_ids = _upsert_person(conn, "customer", current.customers, diff.customers)
     product_ids = _upsert_products(conn, current.products, diff.products, craftsman_ids)
-    if not diff.orders.deleted.is_empty():
-        staged = stage(conn, "stage_f_order_deleted", diff.orders.deleted.select("order_id"))
+    return SurrogateIds(
+        craftsman_ids.join(diff.craftsmen.deleted, on="craftsman_email", how="anti"),
+        customer_ids.join(diff.customers.deleted, on="customer_email", how="anti"),
+        product_ids.join(diff.products.deleted, on=list(PRODUCT_KEY), how="anti",
+                         nulls_equal=True),
+    )
+
+
+_ORDER_COLUMNS = ["source_name", "source_order_id", *ORDER_ID_ATTRS]
+
+
+def write_orders(conn: Connection, diff: TableDiff) -> None:
+    """Apply one partition's order diff (by natural key, with the ids orders point to).
+
+    Orders that are deleted, or that move to another customer or craftsman, leave
+    their former owners in ``craftmart.order_change_log`` so the marts revisit them.
+    """
+    if not diff.deleted.is_empty():
+        staged = stage(conn, "stage_f_order_deleted", diff.deleted.select("order_id"))
         execute(
             conn,
             f"""
@@ -213,19 +224,8 @@ def write_warehouse(
             from deleted_orders
             """,
         )
-    ids = SurrogateIds(
-        craftsman_ids.join(diff.craftsmen.deleted, on="craftsman_email", how="anti"),
-        customer_ids.join(diff.customers.deleted, on="customer_email", how="anti"),
-        product_ids.join(diff.products.deleted, on=list(PRODUCT_KEY), how="anti",
-                         nulls_equal=True),
-    )
-    order_columns = [
-        "source_name", "source_order_id", "product_id", "craftsman_id", "customer_id",
-        "order_created_date", "order_completion_date", "order_status", "product_price",
-    ]
-    if not diff.orders.updates.is_empty():
-        staged = stage(conn, "stage_f_order_updates",
-                       ids.resolve(diff.orders.updates, order_columns))
+    if not diff.updates.is_empty():
+        staged = stage(conn, "stage_f_order_updates", diff.updates.select(_ORDER_COLUMNS))
         execute(
             conn,
             f"""
@@ -254,24 +254,35 @@ def write_warehouse(
                 and f.source_order_id = staged.source_order_id
             """,
         )
-    if not diff.orders.inserts.is_empty():
-        staged = stage(conn, "stage_f_order_inserts",
-                       ids.resolve(diff.orders.inserts, order_columns))
-        insert = f"""
-            insert into dwh.f_order ({", ".join(order_columns)}, load_dttm)
-            select {", ".join(order_columns)}, {RUN_TS}
+    if not diff.inserts.is_empty():
+        staged = stage(conn, "stage_f_order_inserts", diff.inserts.select(_ORDER_COLUMNS))
+        execute(conn, f"""
+            insert into dwh.f_order ({", ".join(_ORDER_COLUMNS)}, load_dttm)
+            select {", ".join(_ORDER_COLUMNS)}, {RUN_TS}
             from {staged}
-        """
-        if first_load and diff.orders.inserted >= BULK_LOAD_ROWS:
-            with _secondary_indexes_dropped(conn, "dwh", "f_order"):
-                execute(conn, insert)
-        else:
-            execute(conn, insert)
+        """)
+
+
+def finish_dimensions(
+    conn: Connection, current: Warehouse, diff: WarehouseDiff, ids: SurrogateIds
+) -> None:
+    """After the orders: delete the entities the target no longer has (no order points to
+    them any more), and log the owners of orders that a dimension change reaches."""
     _delete_by_id(conn, "d_product", "product_id", diff.products.deleted)
     _delete_by_id(conn, "d_customer", "customer_id", diff.customers.deleted)
     _delete_by_id(conn, "d_craftsman", "craftsman_id", diff.craftsmen.deleted)
     _log_attribute_touches(conn, current, diff, ids)
-    return ids
+
+
+@contextmanager
+def bulk_load(conn: Connection, *, enabled: bool) -> Iterator[None]:
+    """A first load of many orders: f_order's secondary indexes are built after the
+    inserts instead of row by row (several times faster at a million orders)."""
+    if not enabled:
+        yield
+        return
+    with _secondary_indexes_dropped(conn, "dwh", "f_order"):
+        yield
 
 
 def _changed(
@@ -362,6 +373,7 @@ def _upsert_person(
         insert into dwh.d_{entity} ({", ".join(attrs)}, {email}, load_dttm)
         select {", ".join(attrs)}, {email}, {RUN_TS}
         from {staged}
+        order by {email}  -- new ids in key order, however the run was partitioned
         on conflict (md5({email})) do update set
             {", ".join(f"{a} = excluded.{a}" for a in attrs)},
             load_dttm = excluded.load_dttm
@@ -394,6 +406,7 @@ def _upsert_products(
             craftsman_id, product_name, product_description, product_type,
             product_price, {RUN_TS}
         from {staged}
+        order by craftsman_id, product_name, product_description  -- as for people
         on conflict (craftsman_id, md5(product_name), md5(product_description)) do update set
             product_type = excluded.product_type,
             product_price = excluded.product_price,

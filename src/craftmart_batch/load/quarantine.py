@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def write_quarantine(
-    conn: Connection, quarantine: pl.DataFrame, scope: pl.DataFrame | None = None
+    conn: Connection, quarantine: pl.DataFrame, scope: pl.DataFrame | str | None = None
 ) -> dict[str, int]:
     """Make ``craftmart.quarantine`` hold exactly the current invalid rows.
 
@@ -22,50 +22,57 @@ def write_quarantine(
     rows fixed or gone leave; new ones arrive. Returns how many left and arrived.
     With ``scope`` (``source_name, source_order_id``; a null key standing for a source's
     rows without a key) only rows of those orders are considered: ``quarantine`` holds
-    the invalid rows among them, and every other quarantine row stays as it is.
+    the invalid rows among them, and every other quarantine row stays as it is. A
+    ``scope`` given as text is a SQL condition on the key ``q.source_order_id`` (a
+    partition of the keys) instead.
     """
+    # Identical rows (one order's row repeated verbatim in its source) are each a row of
+    # the quarantine: a row's ``copy`` numbers it among its identical ones, here and in
+    # the table, so that rows are matched as a multiset and not as a set.
     staged = stage(
         conn,
         "stage_quarantine",
-        quarantine.with_columns(pl.col("reasons", "out_of_range").list.join(",")),
+        quarantine.with_columns(pl.col("reasons", "out_of_range").list.join(",")).with_columns(
+            pl.int_range(pl.len()).over("source_name", "raw", "reasons").alias("copy")),
     )
-    # raw holds the source key too: equal raw rows are rows of the same order
+    if isinstance(scope, str):
+        in_scope = f"where {scope}"
+    elif scope is not None:
+        staged_scope = stage(conn, "stage_quarantine_scope", scope.select(ORDER_KEY))
+        in_scope = f"""
+            where (q.source_name, q.source_order_id) in (
+                select source_name, source_order_id from {staged_scope}
+            )
+            or (q.source_order_id is null and q.source_name in (
+                select source_name from {staged_scope} where source_order_id is null
+            ))"""
+    else:
+        in_scope = ""
+    execute(conn, "drop table if exists pg_temp.quarantine_in_scope")
+    execute(conn, f"""
+        create temporary table quarantine_in_scope as
+        select
+            q.quarantine_id, q.source_name, q.raw, q.reasons,
+            row_number() over (
+                partition by q.source_name, q.raw, q.reasons order by q.quarantine_id
+            ) - 1 as copy
+        from craftmart.quarantine as q
+        {in_scope}
+    """)
     same_row = """
         staged.source_name = q.source_name
         and staged.raw::jsonb = q.raw
         and string_to_array(staged.reasons, ',') = q.reasons
+        and staged.copy = q.copy
     """
-    in_scope = ""
-    if scope is not None:
-        staged_scope = stage(conn, "stage_quarantine_scope", scope.select(ORDER_KEY))
-        execute(conn, "drop table if exists pg_temp.quarantine_in_scope")
-        execute(
-            conn,
-            f"""
-            create temporary table quarantine_in_scope as
-            select q.quarantine_id
-            from craftmart.quarantine as q
-            inner join {staged_scope} as s
-                on s.source_name = q.source_name and s.source_order_id = q.source_order_id
-            union all
-            select q.quarantine_id
-            from craftmart.quarantine as q
-            inner join (
-                select distinct source_name from {staged_scope} where source_order_id is null
-            ) as s on s.source_name = q.source_name
-            where q.source_order_id is null
-            """,
-        )
-        in_scope = """
-            using pg_temp.quarantine_in_scope as in_scope
-            where in_scope.quarantine_id = q.quarantine_id and"""
     left = fetch_frame(
         conn,
         f"""
         with left_quarantine as (
-            delete from craftmart.quarantine as q
-            {in_scope or "where"}
-                not exists (select from {staged} as staged where {same_row})
+            delete from craftmart.quarantine as t
+            using pg_temp.quarantine_in_scope as q
+            where t.quarantine_id = q.quarantine_id
+                and not exists (select from {staged} as staged where {same_row})
             returning 1
         )
         select count(*) as n from left_quarantine
@@ -86,7 +93,7 @@ def write_quarantine(
                 string_to_array(staged.out_of_range, ','),
                 {RUN_TS}
             from {staged} as staged
-            where not exists (select from craftmart.quarantine as q where {same_row})
+            where not exists (select from pg_temp.quarantine_in_scope as q where {same_row})
             returning 1
         )
         select count(*) as n from arrived

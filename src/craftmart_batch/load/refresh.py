@@ -12,6 +12,7 @@ import polars as pl
 from .. import logic
 from .._sql import Connection, append, execute, fetch_frame, fetch_value, stage
 from ..transform import marts
+from ..transform.partition import entity_group_sql
 from .dwh import RUN_TS
 
 logger = logging.getLogger(__name__)
@@ -62,18 +63,14 @@ CRAFTSMAN_MART = Mart("craftsman_report_datamart", "craftsman_id", marts.craftsm
 
 MARTS = (CUSTOMER_MART, CRAFTSMAN_MART)
 
-def _orders_of(conn: Connection, mart: Mart, entities: str | None = None) -> pl.DataFrame:
-    """The orders of the ``entities`` (a table of ``entity_id``; every entity when None)
-    with what ``mart`` reads of them: each order's values and product type, the other
-    person's attribute the mart reads per order (for customers the craftsman's email,
-    which breaks ties for top craftsman; for craftsmen the customer's birthday), and
-    the entity's own attributes read once per entity rather than carried on every
+def _orders_of(conn: Connection, mart: Mart, only: Callable[[str], str]) -> pl.DataFrame:
+    """The orders of the entities ``only`` selects (a SQL condition on an entity id
+    column) with what ``mart`` reads of them: each order's values and product type, the
+    other person's attribute the mart reads per order (for customers the craftsman's
+    email, which breaks ties for top craftsman; for craftsmen the customer's birthday),
+    and the entity's own attributes read once per entity rather than carried on every
     order. Attributes the mart does not read are null."""
     person = mart.entity_id.removesuffix("_id")
-
-    def only(column: str) -> str:
-        return "" if entities is None else f" where {column} in (select entity_id from {entities})"
-
     per_order = ["f.customer_id", "f.craftsman_id", "f.order_created_date",
                  "f.order_completion_date", "f.order_status", "f.product_price",
                  "p.product_type"]
@@ -87,12 +84,12 @@ def _orders_of(conn: Connection, mart: Mart, entities: str | None = None) -> pl.
     orders = fetch_frame(
         conn,
         f"select {', '.join(per_order)} from dwh.f_order as f {' '.join(joins)}"
-        + only(f"f.{mart.entity_id}"),
+        f" where {only(f'f.{mart.entity_id}')}",
     )
     own = [f"{person}_{a}" for a in ("id", "name", "address", "birthday", "email")]
     attributes = fetch_frame(
         conn,
-        f"select {', '.join(own)} from dwh.d_{person}" + only(f"{person}_id"),
+        f"select {', '.join(own)} from dwh.d_{person} where {only(f'{person}_id')}",
     )
     unread = [c for c in marts.ORDERS_SCHEMA if c not in orders.columns and c not in own]
     return orders.join(attributes, on=mart.entity_id, how="inner").with_columns(
@@ -139,19 +136,16 @@ class MartRefresh:
         return dict(self.__dict__)
 
 
-def refresh(
-    conn: Connection, mart: Mart, *, full: bool, dwh_orders: pl.DataFrame | None = None
-) -> MartRefresh:
+def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> MartRefresh:
     """Bring one mart up to the DWH inside the caller's transaction.
 
-    ``dwh_orders`` is every DWH order with its current attributes, as this run wrote
-    them (see ``marts.orders_with_attributes``); without it the orders needed are read
-    from the database. Incremental: only entities touched after the stored watermark
-    are re-aggregated, and only their rows that differ are written. First refresh: every
-    entity. ``--full``, or a mart whose definition (``logic.mart_fingerprint``) is not
-    the one that computed its rows: every entity, re-read from the database, by the
-    very same function. Then the watermark advances to the run's timestamp, and the
-    definition is kept.
+    Incremental: only entities touched after the stored watermark are re-aggregated,
+    and only their rows that differ are written. First refresh, ``--full``, or a mart
+    whose definition (``logic.mart_fingerprint``) is not the one that computed its rows:
+    every entity, by the very same function. Either way the entities are aggregated in
+    ``groups`` groups by id (``partition.entity_group_sql``): one group's orders are held
+    at a time. Then the watermark advances to the run's timestamp, and the definition
+    is kept.
     """
     definition = logic.mart_fingerprint(mart)
     since = None if full else watermark(conn, mart)
@@ -164,46 +158,48 @@ def refresh(
     else:
         full_reason = None
     entity = mart.entity_id
-    if full or (since is None and dwh_orders is None):
-        scope_sql = ""
-        orders = _orders_of(conn, mart)
-        entity_count = orders[entity].n_unique()
-    elif since is None:
-        assert dwh_orders is not None
-        scope_sql = ""
-        orders = dwh_orders
-        entity_count = orders[entity].n_unique()
-    else:
-        touched = fetch_frame(
-            conn, f"select entity_id from ({mart.touched_since}) as t(entity_id)", (since,)
-        )
-        entity_count = touched.height
-        if touched.is_empty():
+    touched = None
+    if since is not None:
+        touched = stage(conn, f"touched_{mart.name}", fetch_frame(
+            conn, f"select entity_id from ({mart.touched_since}) as t(entity_id)", (since,)))
+        if fetch_value(conn, f"select not exists (select from {touched})"):
             _advance(conn, mart, definition)
             return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
-        staged_touched = stage(conn, f"touched_{mart.name}", touched)
-        scope_sql = f"where m.{entity} in (select entity_id from {staged_touched})"
-        if dwh_orders is None:
-            orders = _orders_of(conn, mart, staged_touched)
-        else:
-            orders = dwh_orders.filter(pl.col(entity).is_in(touched["entity_id"].implode()))
-    rows = mart.compute(orders)
-    inserted, updated, deleted = _write_rows(conn, mart, rows, scope_sql)
+    first_build = touched is None and bool(
+        fetch_value(conn, f"select not exists (select from {mart.table})"))
+    entities = orders_read = inserted = updated = deleted = 0
+    for group in range(groups):
+        def only(column: str, group: int = group) -> str:
+            condition = entity_group_sql(column, group, groups)
+            if touched is not None:
+                condition += f" and {column} in (select entity_id from {touched})"
+            return condition
+
+        orders = _orders_of(conn, mart, only)
+        entities += orders[entity].n_unique()
+        orders_read += orders.height
+        rows = mart.compute(orders)
+        del orders
+        counts = _write_rows(conn, mart, rows, f"where {only(f'm.{entity}')}",
+                             first_build=first_build)
+        inserted, updated, deleted = (inserted + counts[0], updated + counts[1],
+                                      deleted + counts[2])
+    if first_build:
+        execute(conn, f"analyze {mart.table}")  # plans of the next refresh need them
     _advance(conn, mart, definition)
-    return MartRefresh(mart.name, since is None, entity_count, orders.height, inserted, updated,
+    return MartRefresh(mart.name, since is None, entities, orders_read, inserted, updated,
                        deleted, full_reason)
 
 
 def _write_rows(
-    conn: Connection, mart: Mart, rows: pl.DataFrame, scope_sql: str
+    conn: Connection, mart: Mart, rows: pl.DataFrame, scope_sql: str, *, first_build: bool
 ) -> tuple[int, int, int]:
     """Upsert rows that differ; delete rows of the scope that the new rows no longer have."""
     columns = mart.columns
     key = [mart.entity_id, "report_period"]
-    if not scope_sql and fetch_value(conn, f"select not exists (select from {mart.table})"):
+    if first_build:
         # First build: nothing to compare with or delete, so a plain bulk insert.
         append(conn, "marts", mart.name, rows.select(columns))
-        execute(conn, f"analyze {mart.table}")  # plans of the next refresh need them
         return rows.height, 0, 0
     staged = stage(conn, f"stage_{mart.name}", rows.select(columns), analyze=key)
     non_key = [c for c in columns if c not in key]
@@ -230,7 +226,7 @@ def _write_rows(
         f"""
         with stale_rows as (
             delete from {mart.table} as m
-            {scope_sql or "where true"}
+            {scope_sql}
             and not exists (
                 select from {staged} as s
                 where s.{mart.entity_id} = m.{mart.entity_id}

@@ -38,6 +38,19 @@ class RunReport:
     pulled: dict[str, int] = field(default_factory=dict)
     #: the process's peak memory (MiB) when each stage ended: which stage set the peak
     peak_rss_mb: dict[str, int] = field(default_factory=dict)
+    #: partitions of the source rows, and groups of entities the marts were built in
+    partitions: int = 0
+    mart_groups: int = 0
+    #: the memory budget the partitions were planned for (MiB)
+    memory_budget_mb: int = 0
+
+    def plan(self, plan: Any, budget: int) -> None:
+        """Note what the run planned (``stages.Plan``) under a ``budget`` in bytes."""
+        self.pull = plan.mode
+        self.pull_reason = plan.reason
+        self.partitions = plan.sizing.partitions
+        self.mart_groups = plan.sizing.mart_groups
+        self.memory_budget_mb = budget // 2**20
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +66,9 @@ class RunReport:
             "pull_reason": self.pull_reason,
             "pulled": self.pulled,
             "peak_rss_mb": self.peak_rss_mb,
+            "partitions": self.partitions,
+            "mart_groups": self.mart_groups,
+            "memory_budget_mb": self.memory_budget_mb,
         }
 
 

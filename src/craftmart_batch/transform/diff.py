@@ -136,14 +136,15 @@ def diff_warehouse(current: Warehouse, target: Warehouse) -> WarehouseDiff:
 
 @dataclass(frozen=True)
 class Scope:
-    """The part of the DWH a set of changed orders can reach, read in the run's transaction.
+    """The part of the DWH's dimensions a set of changed orders can reach, read in the
+    run's transaction.
 
-    ``current`` holds the changed orders as the DWH has them, and the entities they
-    touch: the craftsmen, customers and products they named before (per ``f_order``) and
-    name now. An entity's attributes come from its most recent valid row (SPEC §2); its
-    rows are its changed rows and its unchanged ones, and of the unchanged ones only the
-    most recent can win. ``latest_unchanged`` holds that row's key for every touched
-    entity: with the changed rows, the rows that resolve every touched entity.
+    ``current`` holds the entities they touch: the craftsmen, customers and products
+    they named before (per ``f_order``) and name now. An entity's attributes come from
+    its most recent valid row (SPEC §2); its rows are its changed rows and its unchanged
+    ones, and of the unchanged ones only the most recent can win. ``latest_unchanged``
+    holds that row's key for every touched entity: with the changed rows, the rows that
+    resolve every touched entity.
     """
 
     current: Warehouse
@@ -152,13 +153,13 @@ class Scope:
     products: pl.DataFrame  # PRODUCT_KEY of every touched product
     latest_unchanged: pl.DataFrame  # source_name, source_order_id
 
-    def restrict(self, target: Warehouse, changed: pl.DataFrame) -> Warehouse:
-        """``target``, built from the scope's rows, cut down to the touched entities and
-        the ``changed`` orders: what the diff compares with ``current``."""
+    def restrict(self, target: Warehouse) -> Warehouse:
+        """``target``'s dimensions, built from the scope's rows, cut down to the touched
+        entities: what the diff compares with ``current``."""
         return Warehouse(
             craftsmen=target.craftsmen.join(self.craftsmen, on=list(CRAFTSMAN_KEY), how="semi"),
             customers=target.customers.join(self.customers, on=list(CUSTOMER_KEY), how="semi"),
             products=target.products.join(self.products, on=list(PRODUCT_KEY), how="semi",
                                           nulls_equal=True),
-            orders=target.orders.join(changed, on=list(ORDER_KEY), how="semi"),
+            orders=target.orders,
         )

@@ -1,0 +1,374 @@
+"""The stages of a run over partitions of its work.
+
+``plan`` decides what the run reads (every source row, or the changed ones) and in how
+many partitions of the order keys. ``stage_partition`` then pulls one partition,
+validates it, writes its quarantine rows and hashes, stages its valid orders in a
+temporary table and keeps its dimension candidates (one row per entity). Once every
+partition is staged, ``resolve_dimensions`` reduces the candidates (with, for changed
+rows, the latest unchanged row of every entity they touch) to the dimensions' target
+rows and writes what differs. ``write_partition`` then diffs each partition's staged
+orders, with their entities' ids, against f_order and writes them; ``finish`` deletes
+the entities left without orders. No step holds more than one partition of rows, or
+the dimension rows of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from ._database import Database, quote_ident
+from ._sizes import format_size
+from ._sql import Connection, execute, fetch_frame, fetch_value, stage
+from .config import Settings
+from .errors import CraftmartError
+from .extract import hashes as row_hashes
+from .extract import read
+from .load import dwh, runs
+from .load.quarantine import write_quarantine
+from .transform import partition as parts
+from .transform.changes import SourceDelta, rows_per_source
+from .transform.diff import TableDiff, WarehouseDiff, diff_table
+from .transform.identity import (
+    CRAFTSMAN_ATTRS,
+    CRAFTSMAN_KEY,
+    CUSTOMER_ATTRS,
+    CUSTOMER_KEY,
+    PRODUCT_ATTRS,
+    PRODUCT_KEY,
+    SurrogateIds,
+    Warehouse,
+)
+from .transform.validate import ORDER_KEY, validate
+
+logger = logging.getLogger(__name__)
+
+#: Past this share of all source rows changed, pulling the changed rows by key and
+#: resolving them against the DWH is no cheaper than pulling everything: the run does.
+FULL_PULL_SHARE = 0.4
+
+EVERYTHING = "everything"
+CHANGES = "changes"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run reads, and in how many partitions."""
+
+    mode: str  # EVERYTHING or CHANGES
+    reason: str | None  # why everything (row_hashes.FIRST_RUN, ...); None for changes
+    delta: SourceDelta | None  # the changed keys (CHANGES)
+    sizing: parts.Sizing
+    first_load: bool  # f_order was empty
+    ranges: parts.KeyRanges | None = None  # EVERYTHING: the partitions of every key
+
+    @property
+    def partitions(self) -> int:
+        return self.sizing.partitions
+
+    @property
+    def is_empty(self) -> bool:
+        return self.delta is not None and self.delta.is_empty
+
+    def pull_keys(self, partition: int) -> pl.DataFrame:
+        """CHANGES: the keys of ``partition`` to pull (a null key: the source's keyless rows)."""
+        assert self.delta is not None
+        return self._in(self.delta.pull_keys(), partition)
+
+    def changed_keys(self, partition: int) -> pl.DataFrame:
+        """CHANGES: the changed keys of ``partition``."""
+        assert self.delta is not None
+        return self._in(self.delta.changed, partition)
+
+    def _in(self, keys: pl.DataFrame, partition: int) -> pl.DataFrame:
+        return keys.filter(
+            parts.partition_of(pl.col("source_order_id"), self.partitions) == partition
+        )
+
+    def key_condition(self, alias: str, partition: int) -> str:
+        """EVERYTHING: a SQL condition on the ``source_name`` and ``source_order_id``
+        columns of the table ``alias``: the row falls in ``partition``."""
+        assert self.ranges is not None
+        return self.ranges.sql(f"{alias}.source_name", f"{alias}.source_order_id", partition)
+
+
+def plan(
+    conn: Connection, settings: Settings, *, reason: str | None, delta: SourceDelta | None
+) -> Plan:
+    """Size the run: ``delta`` when the changed rows are pulled, else everything is."""
+    if delta is not None and delta.changed.height > FULL_PULL_SHARE * sum(delta.rows.values()):
+        delta, reason = None, row_hashes.MANY_CHANGES
+    stats = fetch_frame(conn, """
+        select
+            (select count(*) from (select from dwh.f_order limit 1) as any_order) as orders,
+            greatest((select reltuples from pg_class where oid = 'dwh.f_order'::regclass), 0)
+                as estimated_orders,
+            greatest((select reltuples from pg_class where oid = 'dwh.d_customer'::regclass), 0)
+            + greatest((select reltuples from pg_class where oid = 'dwh.d_craftsman'::regclass), 0)
+            + greatest((select reltuples from pg_class where oid = 'dwh.d_product'::regclass), 0)
+                as estimated_entities
+    """).row(0, named=True)
+    first_load = stats["orders"] == 0
+    dwh_orders = int(stats["estimated_orders"])
+    if delta is None:
+        rows = _source_rows(conn, settings) if reason != row_hashes.MANY_CHANGES else 0
+        rows = rows or dwh_orders
+        # a first load knows no entities yet: about one per six orders (the generator
+        # has one per seven)
+        entities = max(int(stats["estimated_entities"]), rows // 6)
+        mart_orders = max(rows, dwh_orders)
+    else:
+        rows = delta.changed.height + 3 * delta.changed.height  # and the latest unchanged
+        entities = min(3 * delta.changed.height, int(stats["estimated_entities"]) or rows)
+        mart_orders = min(dwh_orders, 50 * delta.changed.height)
+    largest = _largest_entity_orders(conn)
+    try:
+        sizing = parts.Sizing.plan(
+            rows=rows, entities=entities, largest_entity_orders=largest,
+            mart_orders=mart_orders, budget=settings.memory_budget,
+            requested=settings.partitions,
+        )
+    except parts.BudgetTooSmall as exc:
+        raise CraftmartError(
+            f"memory budget {format_size(settings.memory_budget)} is too small for this"
+            f" run: the smallest that works is {format_size(exc.needed)}"
+            " (--memory-budget or run.memory_budget)"
+        ) from None
+    if delta is not None:
+        return Plan(CHANGES, reason, delta, sizing, first_load)
+    ranges = parts.KeyRanges.between(_key_extents(conn, settings), sizing.partitions)
+    return Plan(EVERYTHING, reason, None, sizing, first_load, ranges)
+
+
+def _key_extents(conn: Connection, settings: Settings) -> dict[str, tuple[int | None, int | None]]:
+    """Each source's smallest and largest order key (two index lookups each)."""
+    extents = {}
+    for source in settings.sources:
+        table = f"{quote_ident(source.schema)}.{quote_ident(source.table)}"
+        key = quote_ident(source.key)
+        low, high = fetch_frame(
+            conn, f"select min({key})::bigint as low, max({key})::bigint as high from {table}"
+        ).row(0)
+        extents[source.name] = (low, high)
+    return extents
+
+
+def _source_rows(conn: Connection, settings: Settings) -> int:
+    """The rows of every source's order table, as the planner estimates them (an exact
+    count costs a scan), counted when the table was never analysed."""
+    total = 0
+    for source in settings.sources:
+        table = f"{quote_ident(source.schema)}.{quote_ident(source.table)}"
+        estimate = int(fetch_value(
+            conn, "select reltuples::bigint from pg_class where oid = $1::regclass", (table,)))
+        if estimate < 0:
+            estimate = int(fetch_value(conn, f"select count(*) from {table}"))
+        total += estimate
+    return total
+
+
+def _largest_entity_orders(conn: Connection) -> int:
+    """About how many orders the busiest customer or craftsman has (planner statistics;
+    0 before the first analyze)."""
+    value = fetch_value(conn, """
+        select max(s.most_common_freqs[1] * greatest(c.reltuples, 0))::bigint
+        from pg_stats as s
+        inner join pg_class as c on c.relname = s.tablename
+        inner join pg_namespace as n on n.oid = c.relnamespace and n.nspname = s.schemaname
+        where s.schemaname = 'dwh' and s.tablename = 'f_order'
+            and s.attname in ('customer_id', 'craftsman_id')
+    """)
+    return int(value or 0)
+
+
+@dataclass
+class Collected:
+    """What the staged partitions hand on: dimension candidates and counts."""
+
+    candidates: Warehouse = field(default_factory=parts.empty_candidates)
+    pulled: dict[str, int] = field(default_factory=dict)
+    read: dict[str, int] = field(default_factory=dict)
+    loaded: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    quarantine: dict[str, int] = field(default_factory=lambda: {"left": 0, "arrived": 0})
+    staged_orders: int = 0
+
+
+def _add(counts: dict[str, int], more: dict[str, int]) -> None:
+    for name, n in more.items():
+        counts[name] = counts.get(name, 0) + n
+
+
+def _staged_orders_table(partition: int) -> str:
+    return f"run_orders_{partition}"
+
+
+Step = Callable[[str], AbstractContextManager[None]]
+
+
+def stage_partition(
+    conn: Connection, db: Database, settings: Settings, run_plan: Plan, partition: int,
+    found: Collected, step: Step,
+) -> None:
+    """Pull one partition, validate it, write its quarantine rows and hashes, stage its
+    valid orders and keep its dimension candidates in ``found``. ``step`` times and
+    announces each step."""
+    n = run_plan.partitions
+    with step("pull"):
+        if run_plan.mode == EVERYTHING:
+            assert run_plan.ranges is not None
+            pulled = read.pull_sources(db, settings.sources,
+                                       partition=(run_plan.ranges, partition))
+            scope: pl.DataFrame | str | None = (
+                None if n == 1 else run_plan.key_condition("q", partition))
+        else:
+            keys = run_plan.pull_keys(partition)
+            pulled = (read.pull_sources(db, settings.sources, keys) if not keys.is_empty()
+                      else read.pull_sources(db, []))
+            scope = keys
+    with step("validate"):
+        _validate_partition(conn, run_plan, partition, pulled, scope, found)
+    del pulled
+
+
+def _validate_partition(
+    conn: Connection, run_plan: Plan, partition: int, pulled: pl.DataFrame,
+    scope: pl.DataFrame | str | None, found: Collected,
+) -> None:
+    valid, quarantine = validate(pulled.drop("row_hash"))
+    _add(found.pulled, rows_per_source(pulled))
+    if run_plan.mode == EVERYTHING:
+        _add(found.read, rows_per_source(pulled))
+        _add(found.loaded, rows_per_source(valid))
+        _add(found.quarantined, rows_per_source(quarantine))
+        row_hashes.append(conn, pulled)
+    else:
+        row_hashes.store_changes(conn, run_plan.changed_keys(partition), pulled)
+    if not (isinstance(scope, pl.DataFrame) and scope.is_empty()):
+        _add(found.quarantine, write_quarantine(conn, quarantine, scope=scope))
+    del quarantine
+    rows = parts.normalised(valid)
+    del valid
+    found.candidates = parts.merge_candidates(found.candidates, parts.candidates(rows))
+    orders = parts.order_rows(rows)
+    del rows
+    stage(conn, _staged_orders_table(partition), orders,
+          analyze=("craftsman_email", "customer_email"))
+    found.staged_orders += orders.height
+
+
+@dataclass(frozen=True)
+class Dimensions:
+    """The dimensions as written: what they were (the whole or the touched part), the
+    diff applied, and every id the staged orders need."""
+
+    current: Warehouse
+    diff: WarehouseDiff
+    ids: SurrogateIds
+
+
+def resolve_dimensions(
+    conn: Connection, db: Database, settings: Settings, run_plan: Plan, found: Collected,
+    step: Step,
+) -> Dimensions:
+    """Reduce the candidates to the dimensions' target rows; write what differs."""
+    with step("dedup"):
+        named = found.candidates
+        if run_plan.mode == EVERYTHING:
+            current = dwh.read_dimensions(conn)
+            target = parts.dimensions(named)
+        else:
+            current, target = _touched(conn, db, settings, run_plan, found)
+    with step("diff"):
+        diff = WarehouseDiff(
+            craftsmen=diff_table(current.craftsmen, target.craftsmen, CRAFTSMAN_KEY,
+                                 CRAFTSMAN_ATTRS),
+            customers=diff_table(current.customers, target.customers, CUSTOMER_KEY,
+                                 CUSTOMER_ATTRS),
+            products=diff_table(current.products, target.products, PRODUCT_KEY,
+                                PRODUCT_ATTRS),
+            orders=_NO_ORDER_DIFF,
+        )
+    with step("write"):
+        return Dimensions(current, diff, dwh.write_dimensions(conn, current, diff))
+
+
+def _touched(
+    conn: Connection, db: Database, settings: Settings, run_plan: Plan, found: Collected
+) -> tuple[Warehouse, Warehouse]:
+    """CHANGES: the current rows of the entities the changed rows touch, and their
+    target rows: the candidates and the latest unchanged row of each."""
+    assert run_plan.delta is not None
+    keys = stage(conn, "run_changed_keys", run_plan.delta.changed.select(ORDER_KEY))
+    execute(conn, f"create index on {keys} (source_name, source_order_id)")
+    named = found.candidates
+    scope = dwh.touched_dimensions(conn, keys, parts.dimensions(named),
+                                   {s.name: s.rank for s in settings.sources})
+    if not scope.latest_unchanged.is_empty():
+        others = read.pull_sources(db, settings.sources, scope.latest_unchanged)
+        _add(found.pulled, rows_per_source(others))
+        # Unchanged rows are valid; one that changed since the keys were compared is
+        # left, whatever it now holds, to the next run, which sees its new hash.
+        unchanged = parts.normalised(validate(others.drop("row_hash"))[0])
+        del others
+        named = parts.merge_candidates(named, parts.candidates(unchanged))
+    return scope.current, scope.restrict(parts.dimensions(named))
+
+
+_NO_ORDER_DIFF = TableDiff(pl.DataFrame(), pl.DataFrame(), pl.DataFrame())
+
+
+def write_partition(conn: Connection, run_plan: Plan, partition: int) -> dict[str, int]:
+    """Diff one partition's staged orders, with their entities' ids (joined in the
+    server, where the dimensions were just written), against f_order and write the
+    difference; return what was inserted, updated and deleted."""
+    table = f"pg_temp.{_staged_orders_table(partition)}"
+    target = dwh.resolve_ids(conn, table)
+    if run_plan.mode == EVERYTHING:
+        current = (dwh.read_orders(conn, "false") if run_plan.first_load else
+                   dwh.read_orders(conn, run_plan.key_condition("f", partition)))
+    else:
+        keys = stage(conn, "run_partition_keys", run_plan.changed_keys(partition))
+        current = dwh.read_orders(
+            conn, f"(f.source_name, f.source_order_id) in (select * from {keys})")
+    if not current.is_empty():
+        target = target.cast({c: current.schema[c] for c in target.columns})
+    diff = diff_table(current, target, ORDER_KEY, dwh.ORDER_ID_ATTRS)
+    del current, target
+    dwh.write_orders(conn, diff)
+    execute(conn, f"drop table {table}")
+    return {"inserted": diff.inserted, "updated": diff.updated, "deleted": diff.deleted.height}
+
+
+def finish(
+    conn: Connection, settings: Settings, run_plan: Plan, dims: Dimensions
+) -> None:
+    """Delete the entities left without orders; log what dimension changes reach; keep
+    what the stored hashes were computed by; refresh the planner's statistics."""
+    dwh.finish_dimensions(conn, dims.current, dims.diff, dims.ids)
+    if run_plan.mode == EVERYTHING:
+        row_hashes.store_state(conn, settings.sources)
+        # Statistics for what was just written, in this transaction: without them the
+        # next statements (and the next run, if it comes before autovacuum does) plan
+        # for the tables as they were, e.g. empty before a first load.
+        execute(conn, "analyze dwh.d_craftsman, dwh.d_customer, dwh.d_product, dwh.f_order,"
+                      " craftmart.source_rows")
+
+
+def dwh_counts(dims: Dimensions, orders: dict[str, int]) -> dict[str, dict[str, int]]:
+    counts = dims.diff.counts()
+    counts["f_order"] = orders
+    return counts
+
+
+def source_counts(
+    conn: Connection, settings: Settings, run_plan: Plan, found: Collected
+) -> dict[str, dict[str, int]]:
+    if run_plan.mode == EVERYTHING:
+        return runs.by_source(settings, found.read, found.loaded, found.quarantined)
+    assert run_plan.delta is not None
+    return runs.stored_counts(conn, settings, run_plan.delta)

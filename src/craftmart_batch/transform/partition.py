@@ -1,0 +1,225 @@
+"""Partitions of a run (pure): which partition an order or an entity falls in, how many
+partitions a memory budget needs, and the dimension candidates that partitions leave.
+
+A run's source rows are split by order key, so every row of one order (repeated keys
+included) is in one partition, and rows without a key in partition 0: a run over every
+row by ranges of each source's keys (``KeyRanges``), a run over changed rows by the
+remainder of the key (``partition_of``).
+Each partition reduces its valid rows to one candidate row per entity, its most recent
+(``identity.RECENCY``), carrying the recency columns with it; candidates of several
+partitions reduce again in the same way. Because ``RECENCY`` orders rows totally, the
+most recent of the most recent rows is the most recent row: the dimensions come out
+the same for any number of partitions (a property test holds that).
+
+The marts group by entity instead: ``entity_group`` puts an entity's orders in one group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import polars as pl
+
+from .identity import (
+    CRAFTSMAN_ATTRS,
+    CRAFTSMAN_KEY,
+    CUSTOMER_ATTRS,
+    CUSTOMER_KEY,
+    ORDER_ATTRS,
+    PRODUCT_ATTRS,
+    PRODUCT_KEY,
+    RECENCY,
+    RecencyOrder,
+    Warehouse,
+    latest_per_key,
+)
+from .validate import ORDER_KEY, normalised_email
+
+#: The three dimensions: their natural key and attributes.
+DIMENSIONS = {
+    "craftsmen": (CRAFTSMAN_KEY, CRAFTSMAN_ATTRS),
+    "customers": (CUSTOMER_KEY, CUSTOMER_ATTRS),
+    "products": (PRODUCT_KEY, PRODUCT_ATTRS),
+}
+
+
+def partition_of(key: pl.Expr, partitions: int) -> pl.Expr:
+    """The partition (0 .. partitions-1) of a changed order key; a null key falls in 0:
+    the remainder made non-negative. (A run over every row splits by ``KeyRanges``.)"""
+    return (((key % partitions) + partitions) % partitions).fill_null(0)
+
+
+@dataclass(frozen=True)
+class KeyRanges:
+    """Every row of the sources split into ``partitions`` by order key: each source's
+    keys in consecutive ranges between its smallest and largest key (so each partition
+    is an index range scan of the order table, not a scan of all of it). The first range
+    is open below and takes the rows without a key, the last open above; rows of a
+    source with no keys, and of sources no longer registered (in f_order, quarantine),
+    fall in partition 0."""
+
+    cuts: dict[str, tuple[int, ...]]  # per source: partitions - 1 ascending cut points
+    partitions: int
+
+    @classmethod
+    def between(cls, extents: dict[str, tuple[int | None, int | None]],
+                partitions: int) -> KeyRanges:
+        """Equal-width ranges from each source's (smallest, largest) key."""
+        cuts = {}
+        for name, (low, high) in extents.items():
+            if low is None or high is None:
+                continue
+            width = high - low + 1
+            cuts[name] = tuple(low + width * i // partitions for i in range(1, partitions))
+        return cls(cuts, partitions)
+
+    def key_sql(self, source: str, key: str, partition: int) -> str:
+        """A condition on one source's key expression ``key``: it falls in ``partition``."""
+        if self.partitions == 1:
+            return "true"
+        if source not in self.cuts:
+            return "true" if partition == 0 else "false"
+        cuts = self.cuts[source]
+        bounds = []
+        if partition > 0:
+            bounds.append(f"{key} >= {cuts[partition - 1]}")
+        if partition < self.partitions - 1:
+            bounds.append(f"{key} < {cuts[partition]}")
+        condition = " and ".join(bounds)
+        return f"({condition} or {key} is null)" if partition == 0 else f"({condition})"
+
+    def sql(self, name: str, key: str, partition: int) -> str:
+        """A condition on a table's ``name`` (source name) and ``key`` (order key) columns."""
+        if self.partitions == 1:
+            return "true"
+        ranges = [f"({name} = {_literal(source)} and {self.key_sql(source, key, partition)})"
+                  for source in self.cuts]
+        if partition == 0:
+            listed = ", ".join(_literal(source) for source in self.cuts)
+            ranges.append(f"{name} not in ({listed})" if listed else "true")
+        return "(" + " or ".join(ranges) + ")"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def entity_group_sql(column: str, group: int, groups: int) -> str:
+    """A SQL condition: the entity id ``column`` falls in mart group ``group``."""
+    return "true" if groups == 1 else f"mod({column}, {groups}) = {group}"
+
+
+def normalised(valid: pl.DataFrame) -> pl.DataFrame:
+    """Valid rows with their people's emails as identity compares them (SPEC §2)."""
+    return valid.with_columns(
+        normalised_email("craftsman_email").alias("craftsman_email"),
+        normalised_email("customer_email").alias("customer_email"),
+    )
+
+
+def candidates(rows: pl.DataFrame) -> Warehouse:
+    """Each entity's most recent row among ``rows`` (normalised valid rows, or candidates
+    already), with ``RECENCY``: what a partition contributes to the dimensions. No
+    orders (``orders`` is empty)."""
+    order = RecencyOrder.of(rows)
+    found = {
+        name: latest_per_key(rows, order, key, (*attrs, *RECENCY))
+        for name, (key, attrs) in DIMENSIONS.items()
+    }
+    return Warehouse(**found, orders=pl.DataFrame())
+
+
+def empty_candidates() -> Warehouse:
+    """Candidates of no partition yet (frames without columns: any candidates replace them)."""
+    return Warehouse(
+        **{name: pl.DataFrame() for name in DIMENSIONS}, orders=pl.DataFrame()
+    )
+
+
+def merge_candidates(a: Warehouse, b: Warehouse) -> Warehouse:
+    """The candidates of two sets of rows together, still one row per entity."""
+    merged = {}
+    for name, (key, attrs) in DIMENSIONS.items():
+        left, right = getattr(a, name), getattr(b, name)
+        if not left.width or right.is_empty():
+            merged[name] = right if not left.width else left
+            continue
+        both = pl.concat([left, right.cast(left.schema)])
+        merged[name] = latest_per_key(both, RecencyOrder.of(both), key, (*attrs, *RECENCY))
+    return Warehouse(**merged, orders=pl.DataFrame())
+
+
+def dimensions(found: Warehouse) -> Warehouse:
+    """Candidates as the dimensions' target rows: key and attributes, sorted by key."""
+    return Warehouse(
+        **{
+            name: getattr(found, name).select(*key, *attrs).sort(list(key), nulls_last=True)
+            for name, (key, attrs) in DIMENSIONS.items()
+        },
+        orders=pl.DataFrame(),
+    )
+
+
+def order_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Normalised valid rows as facts by natural key (what a partition stages)."""
+    return rows.select(*ORDER_KEY, *ORDER_ATTRS).cast({"order_status": pl.String})
+
+
+# The memory a run plans with. Measured on real-shaped rows (docs/benchmarks.md): the
+# interpreter with Polars, pyarrow, connectorx and the ADBC driver loaded; the peak bytes
+# per source row a partition holds while it pulls, validates and reduces (Arrow buffers,
+# their Polars copy, and the valid rows); per dimension row kept across partitions; per
+# order a mart group holds while it aggregates.
+BASE_BYTES = 230 * 2**20
+ROW_BYTES = 2_600
+ENTITY_BYTES = 1_000
+MART_ORDER_BYTES = 900
+#: Below this, a partition spends more on its fixed costs (queries, staging) than it saves.
+MIN_PARTITION_ROWS = 2_000
+
+
+class BudgetTooSmall(ValueError):
+    """The memory budget cannot hold what one partition must hold."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How many partitions a run takes, from what it must process and its budget."""
+
+    partitions: int  # of the source rows (pull, validate, stage, write facts)
+    mart_groups: int  # of the entities (mart aggregation)
+
+    @classmethod
+    def plan(
+        cls,
+        *,
+        rows: int,
+        entities: int,
+        largest_entity_orders: int,
+        mart_orders: int,
+        budget: int,
+        requested: int = 0,
+    ) -> Sizing:
+        """Partitions that keep the peak under ``budget`` bytes, or ``requested`` ones
+        when not 0 (the same number for the marts' entity groups).
+
+        Raises ``BudgetTooSmall`` when even one source row per partition and one entity
+        per mart group would not fit: what stays whole (the dimension rows of the run,
+        one entity's orders) is larger than the budget leaves.
+        """
+        fixed = BASE_BYTES + entities * ENTITY_BYTES
+        smallest = fixed + max(MIN_PARTITION_ROWS * ROW_BYTES,
+                               largest_entity_orders * MART_ORDER_BYTES)
+        if budget < smallest:
+            raise BudgetTooSmall(smallest)
+        if requested:
+            return cls(requested, requested)
+        room = budget - fixed
+        partitions = max(1, math.ceil(rows * ROW_BYTES / room))
+        groups = max(1, math.ceil(mart_orders * MART_ORDER_BYTES / room))
+        return cls(partitions, groups)
