@@ -37,6 +37,8 @@ from craftmart_batch._sql import fetch_value
 CLI = Path(sys.executable).parent / "craftmart-batch"
 #: options of every `run` step (--memory-budget, --partitions)
 RUN_OPTS: list[str] = []
+#: --skip-full: no `run --full` at the end (the largest sizes, measured once)
+SKIP_FULL = False
 
 
 class StepFailed(Exception):
@@ -148,7 +150,8 @@ def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
                  "summary": changed["stdout"].strip()}
         runs.append(timed_run(db, cli_opts, f"{count:,} changes ({share_label(share)})",
                               "change", share=share, changes=count, apply=apply))
-    runs.append(timed_run(db, cli_opts, "run --full", "full"))
+    if not SKIP_FULL:
+        runs.append(timed_run(db, cli_opts, "run --full", "full"))
     return {"orders": orders, "generate": generated, "runs": runs}
 
 
@@ -276,8 +279,12 @@ def main() -> int:
                         help="run --memory-budget of every run (default: the run's default)")
     parser.add_argument("--partitions", type=int, default=None,
                         help="run --partitions of every run (default: automatic)")
+    parser.add_argument("--skip-full", action="store_true",
+                        help="leave out the final run --full (for the largest sizes)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
     args = parser.parse_args()
+    global SKIP_FULL
+    SKIP_FULL = args.skip_full
     if args.memory_budget:
         RUN_OPTS.extend(["--memory-budget", args.memory_budget])
     if args.partitions is not None:

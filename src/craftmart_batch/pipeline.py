@@ -164,6 +164,8 @@ def _load(
         stages.stage_partition(conn, db, settings, plan, partition, found, step)
     dims = stages.resolve_dimensions(conn, db, settings, plan, found,
                                      lambda name: _stage(report, name, progress))
+    with _stage(report, "write", progress):
+        stages.stage_product_ids(conn, dims)
     orders = {"inserted": 0, "updated": 0, "deleted": 0}
     bulk = plan.first_load and found.staged_orders >= dwh.BULK_LOAD_ROWS
     with dwh.bulk_load(conn, enabled=bulk):

@@ -254,7 +254,7 @@ def _validate_partition(
     rows = parts.normalised(valid)
     del valid
     found.candidates = parts.merge_candidates(found.candidates, parts.candidates(rows))
-    orders = parts.order_rows(rows)
+    orders = parts.staged_orders(rows)
     del rows
     stage(conn, _staged_orders_table(partition), orders,
           analyze=("craftsman_email", "customer_email"))
@@ -322,15 +322,32 @@ def _touched(
 _NO_ORDER_DIFF = TableDiff(pl.DataFrame(), pl.DataFrame(), pl.DataFrame())
 
 
+def stage_product_ids(conn: Connection, dims: Dimensions) -> None:
+    """Every product the staged orders name, by craftsman and ``product_hash``, with its
+    id: what ``write_partition`` joins the staged orders to."""
+    products = dims.ids.products
+    if parts.product_hash_clashes(products):
+        raise CraftmartError(
+            "two products of one craftsman share a 64-bit hash of their name and"
+            " description; report this, with the craftsman's products, as a bug")
+    stage(conn, "run_product_ids",
+          products.select("craftsman_email", parts.product_hash(), "product_id"),
+          analyze=("craftsman_email", parts.PRODUCT_HASH))
+
+
 def write_partition(conn: Connection, run_plan: Plan, partition: int) -> dict[str, int]:
     """Diff one partition's staged orders, with their entities' ids (joined in the
     server, where the dimensions were just written), against f_order and write the
-    difference; return what was inserted, updated and deleted."""
+    difference; return what was inserted, updated and deleted. Into an empty f_order
+    (a first load) every staged order is new: it is inserted as it is resolved."""
     table = f"pg_temp.{_staged_orders_table(partition)}"
+    if run_plan.first_load:
+        inserted = dwh.insert_orders(conn, table)
+        execute(conn, f"drop table {table}")
+        return {"inserted": inserted, "updated": 0, "deleted": 0}
     target = dwh.resolve_ids(conn, table)
     if run_plan.mode == EVERYTHING:
-        current = (dwh.read_orders(conn, "false") if run_plan.first_load else
-                   dwh.read_orders(conn, run_plan.key_condition("f", partition)))
+        current = dwh.read_orders(conn, run_plan.key_condition("f", partition))
     else:
         keys = stage(conn, "run_partition_keys", run_plan.changed_keys(partition))
         current = dwh.read_orders(

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import polars as pl
 
 from .._database import quote_ident, quote_literal
-from .._sql import Connection, execute, fetch_frame, stage
+from .._sql import Connection, execute, fetch_frame, fetch_value, stage
 from ..transform.diff import Scope, TableDiff, WarehouseDiff
 from ..transform.identity import (
     CRAFTSMAN_KEY,
@@ -71,23 +71,38 @@ def read_orders(conn: Connection, where: str) -> pl.DataFrame:
     )
 
 
+_RESOLVED = """
+    select
+        o.source_name, o.source_order_id, rp.product_id, c.craftsman_id, cu.customer_id,
+        o.order_created_date, o.order_completion_date, o.order_status, o.product_price
+    from {staged} as o
+    left join dwh.d_craftsman as c on c.craftsman_email = o.craftsman_email
+    left join dwh.d_customer as cu on cu.customer_email = o.customer_email
+    left join pg_temp.run_product_ids as rp
+        on rp.craftsman_email = o.craftsman_email and rp.product_hash = o.product_hash
+"""
+
+
 def resolve_ids(conn: Connection, staged: str) -> pl.DataFrame:
-    """Staged orders by natural key (a table of ``ORDER_KEY`` and ``ORDER_ATTRS``) with
-    the ids of the entities they name, as f_order holds them. The dimensions hold every
-    entity a valid order names once ``write_dimensions`` has run; a missing one would
-    leave a null id, which f_order refuses."""
-    return fetch_frame(conn, f"""
-        select
-            o.source_name, o.source_order_id, p.product_id, c.craftsman_id, cu.customer_id,
-            o.order_created_date, o.order_completion_date, o.order_status, o.product_price
-        from {staged} as o
-        left join dwh.d_craftsman as c on c.craftsman_email = o.craftsman_email
-        left join dwh.d_customer as cu on cu.customer_email = o.customer_email
-        left join dwh.d_product as p
-            on p.craftsman_id = c.craftsman_id
-            and p.product_name is not distinct from o.product_name
-            and p.product_description is not distinct from o.product_description
-    """)
+    """Staged orders (``partition.staged_orders``) with the ids of the entities they name,
+    as f_order holds them. Once ``write_dimensions`` has run, the dimensions (and
+    ``pg_temp.run_product_ids``) hold every entity a valid order names; a missing one
+    would leave a null id, which f_order refuses."""
+    return fetch_frame(conn, _RESOLVED.format(staged=staged))
+
+
+def insert_orders(conn: Connection, staged: str) -> int:
+    """Insert staged orders, their ids resolved in the server, into f_order (whose keys
+    they must not hold yet); return how many."""
+    columns = ", ".join(_ORDER_COLUMNS)
+    return int(fetch_value(conn, f"""
+        with inserted as (
+            insert into dwh.f_order ({columns}, load_dttm)
+            select {columns}, {RUN_TS} from ({_RESOLVED.format(staged=staged)}) as resolved
+            returning 1
+        )
+        select count(*) from inserted
+    """))
 
 
 def touched_dimensions(

@@ -162,8 +162,38 @@ def dimensions(found: Warehouse) -> Warehouse:
 
 
 def order_rows(rows: pl.DataFrame) -> pl.DataFrame:
-    """Normalised valid rows as facts by natural key (what a partition stages)."""
+    """Normalised valid rows as facts by natural key."""
     return rows.select(*ORDER_KEY, *ORDER_ATTRS).cast({"order_status": pl.String})
+
+
+#: A product's name and description, hashed (64 bits) for the run: what a staged order
+#: carries instead of the product's texts (hundreds of bytes). Within one craftsman the
+#: hash stands for the product; ``product_hash_clashes`` checks that it does.
+PRODUCT_HASH = "product_hash"
+
+
+def product_hash() -> pl.Expr:
+    """The hash of ``product_name`` and ``product_description`` (nulls included): the
+    same for the same texts within one process, which is all a run needs."""
+    return pl.struct("product_name", "product_description").hash(seed=0x_C4AF7).alias(
+        PRODUCT_HASH)
+
+
+def staged_orders(rows: pl.DataFrame) -> pl.DataFrame:
+    """Normalised valid rows as a partition stages them: by natural key, the product by
+    its craftsman and ``product_hash``."""
+    return rows.select(
+        *ORDER_KEY, "craftsman_email", "customer_email", product_hash(),
+        *(a for a in ORDER_ATTRS if a not in ("craftsman_email", "customer_email",
+                                              "product_name", "product_description")),
+    ).cast({"order_status": pl.String})
+
+
+def product_hash_clashes(products: pl.DataFrame) -> int:
+    """How many products share their craftsman and ``product_hash`` with another (0 in
+    all but about one run in 10^15)."""
+    hashed = products.select("craftsman_email", product_hash())
+    return hashed.filter(pl.struct(hashed.columns).is_duplicated()).height
 
 
 # The memory a run plans with. Measured on real-shaped rows (docs/benchmarks.md): the
