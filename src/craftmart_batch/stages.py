@@ -189,7 +189,7 @@ def _largest_entity_orders(conn: Connection) -> int:
 class Collected:
     """What the staged partitions hand on: dimension candidates and counts."""
 
-    candidates: Warehouse = field(default_factory=parts.empty_candidates)
+    candidates: parts.CandidatePool = field(default_factory=parts.CandidatePool.empty)
     pulled: dict[str, int] = field(default_factory=dict)
     read: dict[str, int] = field(default_factory=dict)
     loaded: dict[str, int] = field(default_factory=dict)
@@ -253,7 +253,7 @@ def _validate_partition(
     del quarantine
     rows = parts.normalised(valid)
     del valid
-    found.candidates = parts.merge_candidates(found.candidates, parts.candidates(rows))
+    found.candidates.add(parts.candidates(rows))
     orders = parts.staged_orders(rows)
     del rows
     stage(conn, _staged_orders_table(partition), orders,
@@ -277,7 +277,7 @@ def resolve_dimensions(
 ) -> Dimensions:
     """Reduce the candidates to the dimensions' target rows; write what differs."""
     with step("dedup"):
-        named = found.candidates
+        named = found.candidates.reduce()
         if run_plan.mode == EVERYTHING:
             current = dwh.read_dimensions(conn)
             target = parts.dimensions(named)
@@ -305,7 +305,7 @@ def _touched(
     assert run_plan.delta is not None
     keys = stage(conn, "run_changed_keys", run_plan.delta.changed.select(ORDER_KEY))
     execute(conn, f"create index on {keys} (source_name, source_order_id)")
-    named = found.candidates
+    named = found.candidates.reduce()
     scope = dwh.touched_dimensions(conn, keys, parts.dimensions(named),
                                    {s.name: s.rank for s in settings.sources})
     if not scope.latest_unchanged.is_empty():

@@ -21,29 +21,33 @@ PROPERTY = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-def in_partitions(rows: pl.DataFrame, partitions: int, order: list[int]) -> parts.Warehouse:
-    """Validate, normalise and reduce each partition (in ``order``), merging as a run does."""
-    found = parts.empty_candidates()
+def in_partitions(
+    rows: pl.DataFrame, partitions: int, order: list[int], threshold: int
+) -> parts.Warehouse:
+    """Validate, normalise and reduce each partition (in ``order``), pooling the
+    candidates as a run does (reduced past ``threshold`` unreduced rows)."""
+    pool = parts.CandidatePool.empty(threshold)
     facts = []
     with_partition = rows.with_columns(
         parts.partition_of(pl.col("source_order_id"), partitions).alias("__p"))
     for p in order:
         valid, _ = validate(with_partition.filter(pl.col("__p") == p).drop("__p"))
         normalised = parts.normalised(valid)
-        found = parts.merge_candidates(found, parts.candidates(normalised))
+        pool.add(parts.candidates(normalised))
         facts.append(parts.order_rows(normalised))
-    dims = parts.dimensions(found)
+    dims = parts.dimensions(pool.reduce())
     return parts.Warehouse(dims.craftsmen, dims.customers, dims.products, pl.concat(facts))
 
 
 @PROPERTY
-@given(rows=rows_strategy, partitions=st.sampled_from([1, 2, 3, 7]), data=st.data())
+@given(rows=rows_strategy, partitions=st.sampled_from([1, 2, 3, 7]),
+       threshold=st.sampled_from([0, 5, 100_000]), data=st.data())
 def test_partitions_in_any_order_give_the_warehouse_of_one(
-    rows: list[dict[str, object]], partitions: int, data: st.DataObject
+    rows: list[dict[str, object]], partitions: int, threshold: int, data: st.DataObject
 ) -> None:
     canonical = frame(rows)
     order = data.draw(st.permutations(list(range(partitions))))
-    split = in_partitions(canonical, partitions, order)
+    split = in_partitions(canonical, partitions, order, threshold)
     whole = build_warehouse(validate(canonical)[0])
     for name in ("craftsmen", "customers", "products"):
         assert_frame_equal(getattr(split, name), getattr(whole, name), check_dtypes=False)
@@ -86,7 +90,7 @@ def test_a_budget_sizes_the_partitions_and_refuses_what_cannot_fit() -> None:
     assert tight.partitions == -(-1_000_000 * parts.ROW_BYTES // room) > 1
     assert parts.Sizing.plan(**base, budget=700 * 2**20, requested=3) == parts.Sizing(3, 3)
     with pytest.raises(parts.BudgetTooSmall) as refused:
-        parts.Sizing.plan(**base, budget=300 * 2**20)
+        parts.Sizing.plan(**base, budget=250 * 2**20)
     needed = refused.value.needed
     assert needed == (parts.BASE_BYTES + 150_000 * parts.ENTITY_BYTES
                       + parts.MIN_PARTITION_ROWS * parts.ROW_BYTES)

@@ -137,17 +137,51 @@ def empty_candidates() -> Warehouse:
     )
 
 
-def merge_candidates(a: Warehouse, b: Warehouse) -> Warehouse:
-    """The candidates of two sets of rows together, still one row per entity."""
+def merge_candidates(*found: Warehouse) -> Warehouse:
+    """The candidates of several sets of rows together, still one row per entity."""
     merged = {}
     for name, (key, attrs) in DIMENSIONS.items():
-        left, right = getattr(a, name), getattr(b, name)
-        if not left.width or right.is_empty():
-            merged[name] = right if not left.width else left
+        frames = [f for f in (getattr(w, name) for w in found) if f.width]
+        if not frames:
+            merged[name] = pl.DataFrame()
             continue
-        both = pl.concat([left, right.cast(left.schema)])
-        merged[name] = latest_per_key(both, RecencyOrder.of(both), key, (*attrs, *RECENCY))
+        both = pl.concat([frames[0], *(f.cast(frames[0].schema) for f in frames[1:])])
+        merged[name] = (both if len(frames) == 1 else
+                        latest_per_key(both, RecencyOrder.of(both), key, (*attrs, *RECENCY)))
     return Warehouse(**merged, orders=pl.DataFrame())
+
+
+def candidate_rows(found: Warehouse) -> int:
+    return sum(getattr(found, name).height for name in DIMENSIONS)
+
+
+@dataclass
+class CandidatePool:
+    """Candidates gathered partition by partition, reduced only when the unreduced ones
+    outgrow the reduced ones: memory stays within about twice one row per entity, and
+    each candidate is reduced a bounded number of times (not once per partition)."""
+
+    reduced: Warehouse
+    pending: list[Warehouse]
+    pending_rows: int = 0
+    #: below this many unreduced rows, reducing is not worth a pass
+    threshold: int = 100_000
+
+    @classmethod
+    def empty(cls, threshold: int = 100_000) -> CandidatePool:
+        return cls(empty_candidates(), [], threshold=threshold)
+
+    def add(self, found: Warehouse) -> None:
+        self.pending.append(found)
+        self.pending_rows += candidate_rows(found)
+        if self.pending_rows > max(candidate_rows(self.reduced), self.threshold):
+            self.reduce()
+
+    def reduce(self) -> Warehouse:
+        if self.pending:
+            self.reduced = merge_candidates(self.reduced, *self.pending)
+            self.pending, self.pending_rows = [], 0
+        return self.reduced
 
 
 def dimensions(found: Warehouse) -> Warehouse:
@@ -203,7 +237,7 @@ def product_hash_clashes(products: pl.DataFrame) -> int:
 # order a mart group holds while it aggregates.
 BASE_BYTES = 230 * 2**20
 ROW_BYTES = 2_600
-ENTITY_BYTES = 1_000
+ENTITY_BYTES = 400
 MART_ORDER_BYTES = 900
 #: Below this, a partition spends more on its fixed costs (queries, staging) than it saves.
 MIN_PARTITION_ROWS = 2_000
