@@ -86,13 +86,13 @@ def test_a_budget_sizes_the_partitions_and_refuses_what_cannot_fit() -> None:
     roomy = parts.Sizing.plan(**base, budget=64 * 2**30)
     assert (roomy.partitions, roomy.mart_groups) == (1, 1)
     tight = parts.Sizing.plan(**base, budget=700 * 2**20)
-    room = 700 * 2**20 - parts.BASE_BYTES - 150_000 * parts.ENTITY_BYTES
+    room = 700 * 2**20 - parts.BASE_BYTES - 2 * 150_000 * parts.ENTITY_BYTES
     assert tight.partitions == -(-1_000_000 * parts.ROW_BYTES // room) > 1
     assert parts.Sizing.plan(**base, budget=700 * 2**20, requested=3) == parts.Sizing(3, 3)
     with pytest.raises(parts.BudgetTooSmall) as refused:
         parts.Sizing.plan(**base, budget=250 * 2**20)
     needed = refused.value.needed
-    assert needed == (parts.BASE_BYTES + 150_000 * parts.ENTITY_BYTES
+    assert needed == (parts.BASE_BYTES + 2 * 150_000 * parts.ENTITY_BYTES
                       + parts.MIN_PARTITION_ROWS * parts.ROW_BYTES)
     assert parts.Sizing.plan(**base, budget=needed).partitions >= 1
     # the busiest entity's orders must fit one mart group

@@ -276,7 +276,8 @@ class Sizing:
         per mart group would not fit: what stays whole (the dimension rows of the run,
         one entity's orders) is larger than the budget leaves.
         """
-        fixed = BASE_BYTES + entities * ENTITY_BYTES
+        # the candidate pool holds up to twice one row per entity between reductions
+        fixed = BASE_BYTES + 2 * entities * ENTITY_BYTES
         smallest = fixed + max(MIN_PARTITION_ROWS * ROW_BYTES,
                                largest_entity_orders * MART_ORDER_BYTES)
         if budget < smallest:
