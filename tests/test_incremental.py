@@ -275,12 +275,18 @@ def assert_same_as_fresh_load(db: Database, make_db: Callable[[], Database]) -> 
     fresh = make_db()
     copy_sources(db, fresh)
     run(fresh)
-    mine, theirs = _by_natural_key(db), _by_natural_key(fresh)
-    for name in mine:
+    assert_tables_equal(_by_natural_key(db), _by_natural_key(fresh), "a fresh load")
+
+
+def assert_tables_equal(
+    mine: dict[str, pl.DataFrame], theirs: dict[str, pl.DataFrame], what: str
+) -> None:
+    """Every table of ``theirs`` equals the one of ``mine``; the error names the table."""
+    for name in theirs:
         try:
             assert_frame_equal(mine[name], theirs[name])
         except AssertionError as exc:
-            raise AssertionError(f"{name} differs from a fresh load: {exc}") from None
+            raise AssertionError(f"{name} differs from {what}: {exc}") from None
 
 
 def assert_full_run_changes_nothing(db: Database, config: Path | None = None) -> None:

@@ -17,7 +17,6 @@ import pytest
 from helpers import add_order, create_sources, query, run, sql, warehouse_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from polars.testing import assert_frame_equal
 from test_incremental import (
     SOURCE_TABLES,
     STEPS,
@@ -26,6 +25,7 @@ from test_incremental import (
     assert_incremental_is_full,
     assert_marts_match_rebuild,
     assert_orders_match_validity_oracle,
+    assert_tables_equal,
     copy_sources,
     new_orders,
 )
@@ -60,12 +60,7 @@ def everything(db: Database) -> dict[str, pl.DataFrame]:
 
 
 def assert_same(db: Database, reference: Database, when: str) -> None:
-    mine, theirs = everything(db), everything(reference)
-    for name in theirs:
-        try:
-            assert_frame_equal(mine[name], theirs[name])
-        except AssertionError as exc:
-            raise AssertionError(f"{when}: {name} differs from one partition: {exc}") from None
+    assert_tables_equal(everything(db), everything(reference), f"one partition ({when})")
 
 
 def sync_sources(source: Database, target: Database) -> None:
