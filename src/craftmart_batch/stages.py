@@ -24,7 +24,7 @@ import polars as pl
 from ._database import Database, quote_ident
 from ._sizes import format_size
 from ._sql import Connection, execute, fetch_frame, fetch_value, stage
-from .config import Settings
+from .config import Settings, Source
 from .errors import CraftmartError
 from .extract import hashes as row_hashes
 from .extract import read
@@ -32,14 +32,8 @@ from .load import dwh, runs
 from .load.quarantine import write_quarantine
 from .transform import partition as parts
 from .transform.changes import SourceDelta, rows_per_source
-from .transform.diff import TableDiff, WarehouseDiff, diff_table
+from .transform.diff import WarehouseDiff, diff_dimensions, diff_table
 from .transform.identity import (
-    CRAFTSMAN_ATTRS,
-    CRAFTSMAN_KEY,
-    CUSTOMER_ATTRS,
-    CUSTOMER_KEY,
-    PRODUCT_ATTRS,
-    PRODUCT_KEY,
     SurrogateIds,
     Warehouse,
 )
@@ -144,14 +138,18 @@ def plan(
     return Plan(EVERYTHING, reason, None, sizing, first_load, ranges)
 
 
+def _order_table(source: Source) -> str:
+    return f"{quote_ident(source.schema)}.{quote_ident(source.table)}"
+
+
 def _key_extents(conn: Connection, settings: Settings) -> dict[str, tuple[int | None, int | None]]:
     """Each source's smallest and largest order key (two index lookups each)."""
     extents = {}
     for source in settings.sources:
-        table = f"{quote_ident(source.schema)}.{quote_ident(source.table)}"
         key = quote_ident(source.key)
         low, high = fetch_frame(
-            conn, f"select min({key})::bigint as low, max({key})::bigint as high from {table}"
+            conn, f"select min({key})::bigint as low, max({key})::bigint as high"
+                  f" from {_order_table(source)}"
         ).row(0)
         extents[source.name] = (low, high)
     return extents
@@ -162,7 +160,7 @@ def _source_rows(conn: Connection, settings: Settings) -> int:
     count costs a scan), counted when the table was never analysed."""
     total = 0
     for source in settings.sources:
-        table = f"{quote_ident(source.schema)}.{quote_ident(source.table)}"
+        table = _order_table(source)
         estimate = int(fetch_value(
             conn, "select reltuples::bigint from pg_class where oid = $1::regclass", (table,)))
         if estimate < 0:
@@ -240,9 +238,10 @@ def _validate_partition(
     scope: pl.DataFrame | str | None, found: Collected,
 ) -> None:
     valid, quarantine = validate(pulled.drop("row_hash"))
-    _add(found.pulled, rows_per_source(pulled))
+    read_now = rows_per_source(pulled)
+    _add(found.pulled, read_now)
     if run_plan.mode == EVERYTHING:
-        _add(found.read, rows_per_source(pulled))
+        _add(found.read, read_now)
         _add(found.loaded, rows_per_source(valid))
         _add(found.quarantined, rows_per_source(quarantine))
         row_hashes.append(conn, pulled)
@@ -284,15 +283,7 @@ def resolve_dimensions(
         else:
             current, target = _touched(conn, db, settings, run_plan, found)
     with step("diff"):
-        diff = WarehouseDiff(
-            craftsmen=diff_table(current.craftsmen, target.craftsmen, CRAFTSMAN_KEY,
-                                 CRAFTSMAN_ATTRS),
-            customers=diff_table(current.customers, target.customers, CUSTOMER_KEY,
-                                 CUSTOMER_ATTRS),
-            products=diff_table(current.products, target.products, PRODUCT_KEY,
-                                PRODUCT_ATTRS),
-            orders=_NO_ORDER_DIFF,
-        )
+        diff = diff_dimensions(current, target)
     with step("write"):
         return Dimensions(current, diff, dwh.write_dimensions(conn, current, diff))
 
@@ -317,9 +308,6 @@ def _touched(
         del others
         named = parts.merge_candidates(named, parts.candidates(unchanged))
     return scope.current, scope.restrict(parts.dimensions(named))
-
-
-_NO_ORDER_DIFF = TableDiff(pl.DataFrame(), pl.DataFrame(), pl.DataFrame())
 
 
 def stage_product_ids(conn: Connection, dims: Dimensions) -> None:

@@ -8,12 +8,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
-
 from .._database import Database, connect, first_line, redact
 from .._sql import Connection, execute, fetch_frame, fetch_value
 from ..config import Settings
-from ..transform.changes import SourceDelta, rows_per_source
+from ..transform.changes import SourceDelta
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +80,6 @@ def stored_counts(
         for table in ("dwh.f_order", "craftmart.quarantine")
     )
     return by_source(settings, delta.rows, loaded, quarantined)
-
-
-def source_counts(
-    settings: Settings, canonical: pl.DataFrame, valid: pl.DataFrame, quarantine: pl.DataFrame
-) -> dict[str, dict[str, int]]:
-    return by_source(settings, rows_per_source(canonical), rows_per_source(valid),
-                     rows_per_source(quarantine))
 
 
 def by_source(

@@ -109,15 +109,3 @@ class SurrogateIds:
     craftsmen: pl.DataFrame  # craftsman_id, craftsman_email
     customers: pl.DataFrame  # customer_id, customer_email
     products: pl.DataFrame  # product_id, craftsman_email, product_name, product_description
-
-    def resolve(self, orders: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-        """Orders by natural key -> ``columns`` of the same orders with their entities'
-        ids (one lazy plan, no full-width intermediate)."""
-        return (
-            orders.lazy()
-            .join(self.craftsmen.lazy(), on="craftsman_email", how="left")
-            .join(self.customers.lazy(), on="customer_email", how="left")
-            .join(self.products.lazy(), on=list(PRODUCT_KEY), how="left", nulls_equal=True)
-            .select(columns)
-            .collect()
-        )

@@ -117,33 +117,6 @@ MART_UNIQUE_KEYS: dict[str, list[str]] = {
 _PERIOD = "_period"  # integer month key of report_period: display year * 12 + month - 1
 
 
-def orders_with_attributes(
-    orders: pl.DataFrame,
-    craftsmen: pl.DataFrame,
-    customers: pl.DataFrame,
-    products: pl.DataFrame,
-) -> pl.DataFrame:
-    """The metrics' input from DWH frames: each order with its ids and current attributes.
-
-    ``orders`` carries natural keys and ids (``craftsman_email``, ``customer_email``,
-    product name and description, ``craftsman_id``, ``customer_id``); the dimension
-    frames carry the resolved attributes by natural key. This is, row for row, what
-    joining ``dwh.f_order`` to its dimensions gives.
-    """
-    product_key = ["craftsman_email", "product_name", "product_description"]
-    return (
-        orders.lazy()
-        .join(products.lazy().select(*product_key, "product_type"), on=product_key,
-              how="left", nulls_equal=True)
-        .join(customers.lazy().select("customer_email", "customer_name", "customer_address",
-                                      "customer_birthday"), on="customer_email", how="left")
-        .join(craftsmen.lazy().select("craftsman_email", "craftsman_name", "craftsman_address",
-                                      "craftsman_birthday"), on="craftsman_email", how="left")
-        .select(ORDERS_SCHEMA.names())
-        .collect()
-    )
-
-
 def customer_report(orders: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Rows of ``marts.customer_report_datamart`` (without ``id``) for the given orders.
 
