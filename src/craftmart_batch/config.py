@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +37,11 @@ CANONICAL_FIELDS: dict[str, str] = {
 
 ORDER_TABLE_ALIAS = "o"
 
+#: How a run learns which rows of a source changed (``[sources.NAME] changes``).
+HASH = "hash"  # every row's hash compared with the stored one
+LOGICAL = "logical"  # the source server's logical decoding (a replication slot)
+CHANGE_MODES = (HASH, LOGICAL)
+
 
 @dataclass(frozen=True)
 class Join:
@@ -57,6 +63,21 @@ class Source:
     key: str
     joins: tuple[Join, ...]
     columns: tuple[tuple[str, str, str], ...]  # (canonical field, alias, column)
+    #: libpq connection string of the source's own database; None: the warehouse's
+    dsn: str | None = None
+    #: an environment variable holding the password of ``dsn`` (when it has none)
+    password_env: str | None = None
+    #: HASH or LOGICAL
+    changes: str = HASH
+    #: LOGICAL: a source not ready for it is read as HASH, with a warning, not refused
+    fallback_to_hash: bool = False
+    #: LOGICAL: the replication slot's name on the source server
+    slot: str = ""
+
+    @property
+    def shares_warehouse(self) -> bool:
+        """Its tables are in the warehouse's own database."""
+        return self.dsn is None
 
     def column_of(self, canonical: str) -> tuple[str, str]:
         for name, alias, column in self.columns:
@@ -102,6 +123,7 @@ _RUN_KEYS: dict[str, type] = {
 }
 _SOURCE_KEYS: dict[str, type] = {
     "schema": str, "table": str, "key": str, "enabled": bool, "join": list, "columns": dict,
+    "dsn": str, "password_env": str, "changes": str, "fallback_to_hash": bool, "slot": str,
 }
 _JOIN_KEYS: dict[str, type] = {"name": str, "table": str, "on": dict}
 
@@ -161,6 +183,9 @@ def _check_layer(label: str, doc: dict[str, Any]) -> None:
             for left, right in join["on"].items():
                 if not isinstance(right, str):
                     raise CraftmartError(f"{where}.join[{i}].on.{left} must be a string")
+        if body.get("changes", HASH) not in CHANGE_MODES:
+            raise CraftmartError(f"{where}.changes must be one of "
+                                 f"{', '.join(map(repr, CHANGE_MODES))}, not {body['changes']!r}")
         for canonical, column in body.get("columns", {}).items():
             if canonical not in CANONICAL_FIELDS:
                 raise CraftmartError(f"{where}.columns: unknown canonical field {canonical!r}")
@@ -201,8 +226,19 @@ def _build_source(label: str, name: str, body: dict[str, Any], rank: int) -> Sou
         if alias not in aliases:
             raise CraftmartError(f"{where}.columns.{canonical}: unknown alias {alias!r}")
         columns.append((canonical, alias, column))
-    return Source(name, rank, body["schema"], body["table"], body["key"], tuple(joins),
-                  tuple(columns))
+    slot = body.get("slot") or ("craftmart_" + re.sub(r"[^a-z0-9_]", "_", name.lower()))[:63]
+    if not _SLOT_NAME.fullmatch(slot):
+        raise CraftmartError(f"{where}.slot: {slot!r} is not a replication slot name (lower-case"
+                             " letters, digits and underscores, at most 63)")
+    return Source(
+        name, rank, body["schema"], body["table"], body["key"], tuple(joins), tuple(columns),
+        dsn=body.get("dsn") or None, password_env=body.get("password_env") or None,
+        changes=body.get("changes", HASH), fallback_to_hash=body.get("fallback_to_hash", False),
+        slot=slot,
+    )
+
+
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 
 
 def default_config_text() -> str:
@@ -246,7 +282,10 @@ def load_settings(
         database.update(doc.get("database", {}))
         run.update(doc.get("run", {}))
         for name, body in doc.get("sources", {}).items():
-            raw_sources[name] = (label, body)  # a later layer replaces the whole section
+            # a later layer replaces the keys it names (a `join` list or `columns` table
+            # as a whole); the others stay, so `[sources.source1] dsn = "..."` is enough
+            _, earlier = raw_sources.get(name, (label, {}))
+            raw_sources[name] = (label, {**earlier, **body})
 
     env_data_dir = os.environ.get("CRAFTMART_DATA_DIR")
     if env_data_dir:

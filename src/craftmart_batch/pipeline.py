@@ -19,12 +19,13 @@ from contextlib import AbstractContextManager, contextmanager
 from . import schema, stages
 from ._database import Database, connect, first_line, redact
 from ._sql import Connection, database_error, execute, fetch_value
-from .config import Settings
+from .config import HASH, Settings
 from .errors import CraftmartError, LockHeldError
+from .extract import capture, queries
 from .extract import hashes as row_hashes
-from .extract import queries
 from .load import dwh, refresh, runs
 from .load.runs import RunReport
+from .transform.changes import SourceDelta, merge_deltas
 from .transform.diff import no_changes
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def run(
         execute(conn, "select set_config('client_connection_check_interval', '1s', true)")
         # Refuse a broken source before the first stage is reported or anything is
         # written: a run that cannot start is one error line (SPEC §7).
-        queries.check_sources(conn, settings.sources)
+        queries.check_sources(conn, db, settings.sources)
         with _stage(report, "lock", progress):
             acquire_lock(conn, wait=settings.wait_for_lock)
             if settings.statement_timeout:
@@ -115,8 +116,14 @@ def run(
             reason = (row_hashes.FULL_RUN if full
                       else row_hashes.full_pull_reason(conn, settings.sources))
         with _stage(report, "plan", progress):
-            delta = row_hashes.detect(db, settings.sources) if reason is None else None
-            plan = stages.plan(conn, settings, reason=reason, delta=delta)
+            captured = capture.start(conn, db, settings.sources, read_changes=reason is None)
+            delta = _changes(conn, db, settings, captured) if reason is None else None
+            plan = stages.plan(conn, db, settings, reason=reason, delta=delta)
+            report.changes = (
+                {s.name: s.changes for s in settings.sources} | captured.how()
+                if plan.mode == stages.CHANGES
+                else dict.fromkeys((s.name for s in settings.sources), "read in full"))
+            report.warnings += captured.warnings
             report.plan(plan, settings.memory_budget)
         if plan.is_empty:
             report.dwh, report.quarantine = no_changes(), {"left": 0, "arrived": 0}
@@ -129,8 +136,10 @@ def run(
                 report.marts[mart.name] = outcome.as_dict()
         refresh.prune_change_log(conn)
         with _stage(report, "commit", progress):
+            capture.store(conn, captured)
             runs.record_run(conn, report, started_at)
             conn.commit()
+        report.warnings += capture.advance(db, captured)
     except CraftmartError as exc:
         runs.rollback(conn)
         runs.record_failure(db, report, started_at, str(exc))
@@ -147,6 +156,19 @@ def run(
     finally:
         runs.close(conn)
     return report
+
+
+def _changes(
+    conn: Connection, db: Database, settings: Settings, captured: capture.Capture
+) -> SourceDelta:
+    """The changed keys of every source: decoded from a replication slot (``captured``)
+    or found by comparing hashes."""
+    by_hash = [s for s in settings.sources
+               if s.changes == HASH or s.name in captured.compared_by_hash()]
+    deltas = [row_hashes.detect(conn, db, by_hash)] if by_hash else []
+    if captured.delta is not None:
+        deltas.append(captured.delta)
+    return merge_deltas(deltas)
 
 
 def _load(

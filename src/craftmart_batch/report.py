@@ -30,7 +30,8 @@ def _table(frame: pl.DataFrame) -> str:
 def run_summary(report: RunReport) -> str:
     """Per-source counts, DWH changes and mart refreshes of one run."""
     sources = pl.DataFrame(
-        [{"source": name, **counts} for name, counts in report.sources.items()]
+        [{"source": name, **counts, "changes found by": report.changes.get(name, "")}
+         for name, counts in report.sources.items()]
     )
     dwh = pl.DataFrame([{"table": name, **counts} for name, counts in report.dwh.items()])
     marts = pl.DataFrame(
@@ -66,6 +67,7 @@ def run_summary(report: RunReport) -> str:
     ]
     if report.migrations:
         lines[1:1] = [f"schema migrations applied: {', '.join(report.migrations)}"]
+    lines += [f"warning: {warning}" for warning in report.warnings]
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from ._database import Database, quote_ident
+from ._database import Database, quote_ident, quote_literal
 from ._sizes import format_size
 from ._sql import Connection, execute, fetch_frame, fetch_value, stage
 from .config import Settings, Source
@@ -91,11 +91,10 @@ class Plan:
 
 
 def plan(
-    conn: Connection, settings: Settings, *, reason: str | None, delta: SourceDelta | None
+    conn: Connection, db: Database, settings: Settings, *, reason: str | None,
+    delta: SourceDelta | None,
 ) -> Plan:
     """Size the run: ``delta`` when the changed rows are pulled, else everything is."""
-    if delta is not None and delta.changed.height > FULL_PULL_SHARE * sum(delta.rows.values()):
-        delta, reason = None, row_hashes.MANY_CHANGES
     stats = fetch_frame(conn, """
         select
             (select count(*) from (select from dwh.f_order limit 1) as any_order) as orders,
@@ -108,8 +107,14 @@ def plan(
     """).row(0, named=True)
     first_load = stats["orders"] == 0
     dwh_orders = int(stats["estimated_orders"])
+    if delta is not None:
+        # sources read by logical decoding were not counted: the warehouse's orders
+        rows_now = sum(delta.rows.values())
+        rows_now = max(rows_now, dwh_orders) if delta.uncounted else rows_now
+        if delta.changed.height > FULL_PULL_SHARE * rows_now:
+            delta, reason = None, row_hashes.MANY_CHANGES
     if delta is None:
-        rows = _source_rows(conn, settings) if reason != row_hashes.MANY_CHANGES else 0
+        rows = _source_rows(db, settings) if reason != row_hashes.MANY_CHANGES else 0
         rows = rows or dwh_orders
         # a first load knows no entities yet: about one per six orders (the generator
         # has one per seven)
@@ -134,7 +139,7 @@ def plan(
         ) from None
     if delta is not None:
         return Plan(CHANGES, reason, delta, sizing, first_load)
-    ranges = parts.KeyRanges.between(_key_extents(conn, settings), sizing.partitions)
+    ranges = parts.KeyRanges.between(_key_extents(db, settings), sizing.partitions)
     return Plan(EVERYTHING, reason, None, sizing, first_load, ranges)
 
 
@@ -142,31 +147,32 @@ def _order_table(source: Source) -> str:
     return f"{quote_ident(source.schema)}.{quote_ident(source.table)}"
 
 
-def _key_extents(conn: Connection, settings: Settings) -> dict[str, tuple[int | None, int | None]]:
+def _key_extents(db: Database, settings: Settings) -> dict[str, tuple[int | None, int | None]]:
     """Each source's smallest and largest order key (two index lookups each)."""
-    extents = {}
-    for source in settings.sources:
+    def extent(source: Source) -> str:
         key = quote_ident(source.key)
-        low, high = fetch_frame(
-            conn, f"select min({key})::bigint as low, max({key})::bigint as high"
-                  f" from {_order_table(source)}"
-        ).row(0)
-        extents[source.name] = (low, high)
-    return extents
+        return (f"select {quote_literal(source.name)}::text as source_name,"
+                f" min({key})::bigint as low, max({key})::bigint as high"
+                f" from {_order_table(source)}")
+
+    found = read.per_source(db, settings.sources, extent,
+                            {"source_name": pl.String(), "low": pl.Int64(), "high": pl.Int64()})
+    return {name: (low, high) for name, low, high in found.iter_rows()}
 
 
-def _source_rows(conn: Connection, settings: Settings) -> int:
+def _source_rows(db: Database, settings: Settings) -> int:
     """The rows of every source's order table, as the planner estimates them (an exact
     count costs a scan), counted when the table was never analysed."""
-    total = 0
-    for source in settings.sources:
+    def rows(source: Source) -> str:
         table = _order_table(source)
-        estimate = int(fetch_value(
-            conn, "select reltuples::bigint from pg_class where oid = $1::regclass", (table,)))
-        if estimate < 0:
-            estimate = int(fetch_value(conn, f"select count(*) from {table}"))
-        total += estimate
-    return total
+        return (f"select {quote_literal(source.name)}::text as source_name,"
+                f" case when reltuples >= 0 then reltuples::bigint"
+                f" else (select count(*) from {table}) end as rows"
+                f" from pg_class where oid = {quote_literal(table)}::regclass")
+
+    found = read.per_source(db, settings.sources, rows,
+                            {"source_name": pl.String(), "rows": pl.Int64()})
+    return int(found["rows"].sum())
 
 
 def _largest_entity_orders(conn: Connection) -> int:

@@ -26,10 +26,17 @@ from .._database import Database, quote_literal
 from .._sql import Connection, execute, fetch_frame, stage
 from .._sql import append as append_frame
 from ..config import Source
-from ..transform.changes import KEYED_ONCE, NO_HASHES, SourceDelta, compare
+from ..transform.changes import (
+    HASH_SCHEMA,
+    KEYED_ONCE,
+    NO_HASHES,
+    SourceDelta,
+    compare,
+    merge_deltas,
+)
 from ..transform.validate import ORDER_KEY
+from . import read
 from .queries import pull_query
-from .read import read_queries
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +72,34 @@ def full_pull_reason(conn: Connection, sources: Sequence[Source]) -> str | None:
     return None
 
 
-def detect(db: Database, sources: Sequence[Source]) -> SourceDelta:
-    """Compare every source row's hash with the stored one in the server (the stored
-    hashes must apply: ``full_pull_reason`` is None): only the changed keys, and a count
-    per source, cross the wire, whatever the size of the warehouse.
+def detect(conn: Connection, db: Database, sources: Sequence[Source]) -> SourceDelta:
+    """Compare every source row's hash with the stored one (the stored hashes must
+    apply: ``full_pull_reason`` is None).
 
-    One query per source, run in parallel by connectorx like the pulls; they read
-    ``craftmart.source_rows`` as committed, which only a run holding the warehouse lock
-    changes, and this run has not yet. The same answer as ``transform.changes.compare``
-    of every key and hash against the stored ones (a test holds the two equal): keys
-    that are new, changed, gone or repeated in their source are changed; keyless rows
-    mark their source.
+    For the sources in the warehouse's own database the comparison runs in the server:
+    only the changed keys, and a count per source, cross the wire, whatever the size of
+    the warehouse. One query per source, run in parallel by connectorx like the pulls;
+    they read ``craftmart.source_rows`` as committed, which only a run holding the
+    warehouse lock changes, and this run has not yet. A source on a server of its own
+    sends every key and hash, which are compared here (``transform.changes.compare``,
+    the same answer: a test holds the two equal): keys that are new, changed, gone or
+    repeated in their source are changed; keyless rows mark their source.
     """
-    found = read_queries(db, [compare_query(s) for s in sources], _COMPARED)
+    local = [s for s in sources if s.shares_warehouse]
+    remote = [s for s in sources if not s.shares_warehouse]
+    deltas = [_compared_in_server(db, local)] if local else []
+    if remote:
+        current = read.per_source(db, remote, lambda s: pull_query(s, fields=False), HASH_SCHEMA)
+        stored = fetch_frame(
+            conn, "select source_name, source_order_id, row_hash from craftmart.source_rows"
+                  " where source_name = any($1)", ([s.name for s in remote],),
+        ).cast(HASH_SCHEMA)  # type: ignore[arg-type]
+        deltas.append(compare(current, stored))
+    return merge_deltas(deltas)
+
+
+def _compared_in_server(db: Database, sources: Sequence[Source]) -> SourceDelta:
+    found = read.read_queries(db, [compare_query(s) for s in sources], _COMPARED, sources)
     changed = found.filter(pl.col("kind") == "changed")
     counts = found.filter(pl.col("kind") == "rows")
     keyless = found.filter((pl.col("kind") == "keyless") & (pl.col("value") > 0))

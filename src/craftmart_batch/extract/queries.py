@@ -7,12 +7,13 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from .._database import quote_ident, quote_literal
-from .._sql import Connection
+from .._database import Database, close_quietly, connect, quote_ident, quote_literal
+from .._sql import Connection, fetch_value
 from ..config import CANONICAL_FIELDS, ORDER_TABLE_ALIAS, Source
 from ..errors import CraftmartError
 from ..transform.partition import KeyRanges
 from ..transform.validate import FIRST_DATE, LAST_DATE, OUT_OF_RANGE
+from . import servers
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,40 @@ _FIRST_DATE = f"date {quote_literal(FIRST_DATE.isoformat())}"
 _LAST_DATE = f"date {quote_literal(LAST_DATE.isoformat())}"
 
 
-def check_sources(conn: Connection, sources: Sequence[Source]) -> None:
-    """Refuse, before anything is written, a source whose schema, table or column is
-    missing or has a type the canonical row cannot take. One line names the object."""
+def check_sources(conn: Connection, db: Database, sources: Sequence[Source]) -> None:
+    """Refuse, before anything is written, a source whose server cannot be reached or
+    logged into, or whose schema, table or column is missing or has a type the canonical
+    row cannot take. One line names the source and the object. ``conn`` is a connection
+    to the warehouse ``db``, where the sources without a server of their own are."""
+    for source_db, group in servers.by_database(sources, db):
+        if source_db is db:
+            _check_tables(conn, group)
+            continue
+        try:
+            remote = connect(source_db, autocommit=True)
+        except CraftmartError as exc:
+            raise CraftmartError(f"{servers.describe(group)}: {exc}") from None
+        try:
+            version = int(fetch_value(remote, "select current_setting('server_version_num')"))
+            if version < MIN_SERVER_VERSION:
+                raise CraftmartError(
+                    f"{servers.describe(group)}: {source_db.display()} runs PostgreSQL"
+                    f" {version // 10000}; sources need {MIN_SERVER_VERSION // 10000}"
+                    " or later (row hashes)")
+            _check_tables(remote, group)
+        except CraftmartError:
+            raise
+        except Exception as exc:  # the driver's own errors, e.g. a server gone mid-check
+            raise servers.unreachable(group, source_db, exc) from None
+        finally:
+            close_quietly(remote)
+
+
+#: hash_record_extended, which hashes each source row, came with PostgreSQL 14.
+MIN_SERVER_VERSION = 140000
+
+
+def _check_tables(conn: Connection, sources: Sequence[Source]) -> None:
     cur = conn.cursor()
     schemas = sorted({s.schema for s in sources})
     cur.execute(

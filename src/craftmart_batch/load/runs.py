@@ -41,6 +41,10 @@ class RunReport:
     mart_groups: int = 0
     #: the memory budget the partitions were planned for (MiB)
     memory_budget_mb: int = 0
+    #: how each source's changes were found: "hash", "logical", "hash (why)"
+    changes: dict[str, str] = field(default_factory=dict)
+    #: what the user should know although the run succeeded, one line each
+    warnings: list[str] = field(default_factory=list)
 
     def plan(self, plan: Any, budget: int) -> None:
         """Note what the run planned (``stages.Plan``) under a ``budget`` in bytes."""
@@ -67,6 +71,8 @@ class RunReport:
             "partitions": self.partitions,
             "mart_groups": self.mart_groups,
             "memory_budget_mb": self.memory_budget_mb,
+            "changes": self.changes,
+            "warnings": self.warnings,
         }
 
 
@@ -79,7 +85,10 @@ def stored_counts(
              .iter_rows())
         for table in ("dwh.f_order", "craftmart.quarantine")
     )
-    return by_source(settings, delta.rows, loaded, quarantined)
+    read = dict(delta.rows)
+    for name in delta.uncounted:  # read by logical decoding: what the warehouse accounts for
+        read[name] = loaded.get(name, 0) + quarantined.get(name, 0)
+    return by_source(settings, read, loaded, quarantined)
 
 
 def by_source(

@@ -40,6 +40,8 @@ class SourceDelta:
     keyless: tuple[str, ...]
     hashes: pl.DataFrame
     rows: dict[str, int]
+    #: sources whose rows were not counted (their changes came from logical decoding)
+    uncounted: tuple[str, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -53,6 +55,19 @@ class SourceDelta:
             self.changed,
             keyless.with_columns(pl.lit(None, pl.Int64).alias("source_order_id")),
         ])
+
+
+def merge_deltas(deltas: list[SourceDelta]) -> SourceDelta:
+    """The deltas of disjoint sets of sources, as one."""
+    if len(deltas) == 1:
+        return deltas[0]
+    return SourceDelta(
+        changed=pl.concat([d.changed for d in deltas]).sort(ORDER_KEY),
+        keyless=tuple(sorted(name for d in deltas for name in d.keyless)),
+        hashes=pl.concat([d.hashes for d in deltas]),
+        rows={name: n for d in deltas for name, n in d.rows.items()},
+        uncounted=tuple(name for d in deltas for name in d.uncounted),
+    )
 
 
 #: A row whose key is set and appears once in its source: the rows with a hash to keep.
