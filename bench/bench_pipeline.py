@@ -127,9 +127,15 @@ def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
 
 
 def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
-          seed: int, shape: str = "real") -> dict[str, Any]:
-    gen = step(["generate", *cli_opts, "--orders", str(orders), "--seed", str(seed),
+          seed: int, shape: str = "real", gen_opts: list[str] | None = None,
+          setup: list[str] | None = None) -> dict[str, Any]:
+    """Generate (into ``gen_opts``' database: the sources' own, or the warehouse by
+    default), set up change capture (``setup``: a command), then time the runs."""
+    gen_opts = cli_opts if gen_opts is None else gen_opts
+    gen = step(["generate", *gen_opts, "--orders", str(orders), "--seed", str(seed),
                 "--shape", shape, "--replace"])
+    if setup:
+        step(setup)
     generated = {
         "seconds": round(gen["seconds"], 2),
         "peak_rss_mb": round(gen["peak_rss_mb"], 1),
@@ -143,7 +149,7 @@ def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
             timed_run(db, cli_opts, "no change", "no change")]
     for i, share in enumerate(shares):
         count = max(1, int(orders * share))
-        changed = step(["generate", *cli_opts, "--changes", str(count),
+        changed = step(["generate", *gen_opts, "--changes", str(count),
                         "--seed", str(seed + 1 + i), "--shape", shape])
         apply = {"seconds": round(changed["seconds"], 2),
                  "peak_rss_mb": round(changed["peak_rss_mb"], 1),
@@ -232,6 +238,23 @@ def machine(server: Database, dsn_given: bool) -> dict[str, Any]:
     }
 
 
+def fresh_database(server: Database, name: str) -> Database:
+    """``name`` dropped (its replication slots first) and created empty."""
+    admin = connect(server.with_dbname("postgres"), autocommit=True)
+    try:
+        cur = admin.cursor()
+        cur.execute("select count(pg_drop_replication_slot(slot_name)::text)"
+                    " from pg_replication_slots where database = $1", parameters=(name,))
+        cur.fetchall()
+        cur.execute(f"drop database if exists {name} with (force)")
+        cur.close()
+    finally:
+        admin.close()
+    db = server.with_dbname(name)
+    ensure_database(db)
+    return db
+
+
 def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
     info = machine(server, bool(args.dsn))
     print(f"{info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gb']} GB, "
@@ -249,13 +272,25 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
         db = server.with_dbname(name)
         ensure_database(db)
         print(f"== {orders:,} orders ==", flush=True)
-        result = bench(db, ["--dsn", db.libpq_uri(), *config], orders, args.changes,
-                       args.seed, args.shape)
+        run_opts, gen_opts, setup = ["--dsn", db.libpq_uri(), *config], None, None
+        if args.sources == "apart":  # the sources in a database of their own
+            shop = fresh_database(server, f"{name}_shop")
+            shop_config = Path(tempfile.mkdtemp(prefix="craftmart-bench-")) / "config.toml"
+            shop_config.write_text("".join(
+                f'[sources.{source}]\ndsn = "{shop.libpq_uri()}"\nchanges = "{args.capture}"\n'
+                for source in ("source1", "source2", "source3", "external_source")))
+            run_opts = ["--dsn", db.libpq_uri(), "--config", str(shop_config)]
+            gen_opts = ["--dsn", shop.libpq_uri()]
+            if args.capture == "logical":
+                setup = ["sources", "setup", *run_opts]
+        result = bench(db, run_opts, orders, args.changes, args.seed, args.shape,
+                       gen_opts, setup)
         print_table(result)
         results.append(result)
     return {
         "machine": info,
         "settings": {"seed": args.seed, "changes": args.changes, "shape": args.shape,
+                     "sources": args.sources, "capture": args.capture,
                      "config": str(args.config) if args.config else None,
                      "run_options": RUN_OPTS},
         "results": results,
@@ -281,6 +316,11 @@ def main() -> int:
                         help="run --partitions of every run (default: automatic)")
     parser.add_argument("--skip-full", action="store_true",
                         help="leave out the final run --full (for the largest sizes)")
+    parser.add_argument("--sources", choices=("warehouse", "apart"), default="warehouse",
+                        help="where the sources are: the warehouse's database (default), or"
+                        " a database of their own on the same server")
+    parser.add_argument("--capture", choices=("hash", "logical"), default="hash",
+                        help="with --sources apart: how runs find the changed rows")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
     args = parser.parse_args()
     global SKIP_FULL

@@ -202,24 +202,25 @@ def start(
         conn, "select source_name, slot_name, server, lsn::text as lsn"
               " from craftmart.capture_state").iter_rows(named=True)}
     deltas = []
-    for source in logical:
-        source_db = servers.database_of(source, db)
+    for source_db, group in servers.by_database(logical, db):  # one connection a server
         try:
             remote = connect(source_db, autocommit=True)
         except CraftmartError as exc:
-            raise CraftmartError(f"source {source.name!r}: {exc}") from None
+            raise CraftmartError(f"{servers.describe(group)}: {exc}") from None
         try:
-            one, delta = _start_one(remote, db, source_db, source, stored.get(source.name),
-                                    read_changes, capture.warnings)
+            for source in group:
+                one, delta = _start_one(remote, db, source_db, source,
+                                        stored.get(source.name), read_changes,
+                                        capture.warnings)
+                capture.sources.append(one)
+                if delta is not None:
+                    deltas.append(delta)
         except CraftmartError:
             raise
         except Exception as exc:
-            raise servers.unreachable([source], source_db, exc) from None
+            raise servers.unreachable(group, source_db, exc) from None
         finally:
             close_quietly(remote)
-        capture.sources.append(one)
-        if delta is not None:
-            deltas.append(delta)
     if read_changes:
         keys = (pl.concat([d for d, _ in deltas]) if deltas
                 else pl.DataFrame(schema={"source_name": pl.String, "source_order_id": pl.Int64}))
@@ -398,25 +399,32 @@ def advance(db: Database, capture: Capture) -> list[str]:
     """After the commit: move each slot to the position stored (never back). A failure
     is a warning: the next run reads those changes again, which is harmless."""
     warnings = []
-    for one in capture.sources:
-        if one.lsn is None:
-            continue
-        source_db = servers.database_of(one.source, db)
+    positions = {one.source.name: one for one in capture.sources if one.lsn is not None}
+    for source_db, group in servers.by_database(
+            (one.source for one in positions.values()), db):
         try:
             remote = connect(source_db, autocommit=True)
-            try:
-                behind = fetch_value(remote, """
-                    select confirmed_flush_lsn < $2::pg_lsn from pg_replication_slots
-                    where slot_name = $1
-                """, (one.source.slot, one.lsn))
-                if behind:  # never back (a slot ahead is dealt with by the next run)
-                    fetch_frame(remote, "select end_lsn::text from"
-                                        " pg_replication_slot_advance($1, $2::pg_lsn)",
-                                (one.source.slot, one.lsn))
-            finally:
-                close_quietly(remote)
         except Exception as exc:
-            warnings.append(f"source {one.source.name!r}: replication slot {one.source.slot} not"
-                            f" advanced ({first_line(redact(str(exc)))}): the next run reads"
-                            " those changes again")
+            warnings.append(f"{servers.describe(group)}: replication slots not advanced"
+                            f" ({first_line(redact(str(exc)))}): the next run reads those"
+                            " changes again")
+            continue
+        try:
+            for source in group:
+                lsn = positions[source.name].lsn
+                try:
+                    behind = fetch_value(remote, """
+                        select confirmed_flush_lsn < $2::pg_lsn from pg_replication_slots
+                        where slot_name = $1
+                    """, (source.slot, lsn))
+                    if behind:  # never back (a slot ahead is dealt with by the next run)
+                        fetch_frame(remote, "select end_lsn::text from"
+                                            " pg_replication_slot_advance($1, $2::pg_lsn)",
+                                    (source.slot, lsn))
+                except Exception as exc:
+                    warnings.append(f"source {source.name!r}: replication slot {source.slot}"
+                                    f" not advanced ({first_line(redact(str(exc)))}): the"
+                                    " next run reads those changes again")
+        finally:
+            close_quietly(remote)
     return warnings
