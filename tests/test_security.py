@@ -301,7 +301,8 @@ def test_a_connectorx_error_does_not_echo_the_password() -> None:
     parse) come back as one line without it."""
     message = _pull_error({"host": "127.0.0.1", "port": "notaport", "user": "etl",
                            "password": PASSWORD, "dbname": "x"})
-    assert message.startswith("reading sources failed: ")
+    assert message.startswith("sources 'source1', 'source2', 'source3', 'external_source':"
+                              " cannot read 127.0.0.1:notaport/x: "), message
     assert "\n" not in message
     assert_no_password(message)
 

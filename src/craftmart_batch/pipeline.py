@@ -127,7 +127,8 @@ def run(
             report.plan(plan, settings.memory_budget)
         if plan.is_empty:
             report.dwh, report.quarantine = no_changes(), {"left": 0, "arrived": 0}
-            report.sources = stages.source_counts(conn, settings, plan, stages.Collected())
+            assert plan.delta is not None
+            report.sources = runs.unchanged_counts(conn, settings, plan.delta)
         else:
             _load(conn, db, settings, plan, report, progress)
         for mart in refresh.MARTS:

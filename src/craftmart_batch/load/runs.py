@@ -91,6 +91,27 @@ def stored_counts(
     return by_source(settings, read, loaded, quarantined)
 
 
+def unchanged_counts(
+    conn: Connection, settings: Settings, delta: SourceDelta
+) -> dict[str, dict[str, int]]:
+    """Per-source counts of a run that changed nothing: the last successful run's loaded
+    and quarantined rows (only a run writes the DWH, and none has since), without
+    counting the DWH again; counted as ``stored_counts`` when no run recorded them."""
+    last = fetch_value(conn, """
+        select stats->'sources' from craftmart.runs
+        where outcome = 'success' order by run_id desc limit 1
+    """)
+    previous = json.loads(last) if isinstance(last, str) else last
+    if not isinstance(previous, dict) or set(previous) != {s.name for s in settings.sources}:
+        return stored_counts(conn, settings, delta)
+    loaded = {name: int(c["loaded"]) for name, c in previous.items()}
+    quarantined = {name: int(c["quarantined"]) for name, c in previous.items()}
+    read = dict(delta.rows)
+    for name in delta.uncounted:
+        read[name] = loaded[name] + quarantined[name]
+    return by_source(settings, read, loaded, quarantined)
+
+
 def by_source(
     settings: Settings, read: dict[str, int], loaded: dict[str, int],
     quarantined: dict[str, int],
