@@ -12,6 +12,7 @@ characters, full street addresses) unless `--shape narrow`. Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -274,7 +275,8 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
         print(f"== {orders:,} orders ==", flush=True)
         run_opts, gen_opts, setup = ["--dsn", db.libpq_uri(), *config], None, None
         if args.sources == "apart":  # the sources in a database of their own
-            shop = fresh_database(server, f"{name}_shop")
+            shop_server = Database(parse_dsn(args.sources_dsn)) if args.sources_dsn else server
+            shop = fresh_database(shop_server, f"{name}_shop")
             shop_config = Path(tempfile.mkdtemp(prefix="craftmart-bench-")) / "config.toml"
             shop_config.write_text("".join(
                 f'[sources.{source}]\ndsn = "{shop.libpq_uri()}"\nchanges = "{args.capture}"\n'
@@ -291,6 +293,7 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
         "machine": info,
         "settings": {"seed": args.seed, "changes": args.changes, "shape": args.shape,
                      "sources": args.sources, "capture": args.capture,
+                     "sources_server": "its own" if args.sources == "apart" else None,
                      "config": str(args.config) if args.config else None,
                      "run_options": RUN_OPTS},
         "results": results,
@@ -318,7 +321,10 @@ def main() -> int:
                         help="leave out the final run --full (for the largest sizes)")
     parser.add_argument("--sources", choices=("warehouse", "apart"), default="warehouse",
                         help="where the sources are: the warehouse's database (default), or"
-                        " a database of their own on the same server")
+                        " a database of their own (on --sources-dsn)")
+    parser.add_argument("--sources-dsn", default=None,
+                        help="with --sources apart: the server of the sources' database"
+                        " (default: a second temporary embedded server)")
     parser.add_argument("--capture", choices=("hash", "logical"), default="hash",
                         help="with --sources apart: how runs find the changed rows")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
@@ -333,10 +339,15 @@ def main() -> int:
         parser.error(f"{CLI} not found: install craftmart-batch into this interpreter's env")
 
     try:
-        if args.dsn:
-            data = bench_all(Database(parse_dsn(args.dsn)), args)
-        else:
-            with throwaway_embedded("craftmart-bench-pg-") as server:
+        with contextlib.ExitStack() as stack:
+            if args.sources == "apart" and not args.sources_dsn and not args.dsn:
+                # the shop on a server of its own: its WAL holds the shop's changes only
+                args.sources_dsn = stack.enter_context(
+                    throwaway_embedded("craftmart-bench-shop-")).libpq_uri()
+            if args.dsn:
+                data = bench_all(Database(parse_dsn(args.dsn)), args)
+            else:
+                server = stack.enter_context(throwaway_embedded("craftmart-bench-pg-"))
                 data = bench_all(server, args)
     except StepFailed:
         return 1
