@@ -131,3 +131,44 @@ def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     """--config pointing nowhere is a clear error, not a silent fallback to defaults."""
     with pytest.raises(CraftmartError, match="config file not found"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_a_partial_source_section_overrides_only_the_keys_it_names(tmp_path: Path) -> None:
+    """`[sources.source2] dsn = ...` moves source2 to its own server and keeps the
+    built-in mapping (its join and columns); another layer's keys stay too."""
+    config = write(tmp_path, """
+[sources.source2]
+dsn = "host=shop.example dbname=shop user=etl"
+changes = "logical"
+password_env = "SHOP_PW"
+""")
+    settings = load_settings(config)
+    built_in = load_settings(None).source("source2")
+    source2 = settings.source("source2")
+    assert (source2.schema, source2.table, source2.key) == (
+        built_in.schema, built_in.table, built_in.key)
+    assert source2.joins == built_in.joins and source2.columns == built_in.columns
+    assert source2.dsn == "host=shop.example dbname=shop user=etl"
+    assert (source2.changes, source2.password_env, source2.slot) == (
+        "logical", "SHOP_PW", "craftmart_source2")
+    assert not source2.shares_warehouse
+    assert settings.source("source1").shares_warehouse
+    assert settings.source("source1").changes == "hash"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[sources.source1]\nchanges = "cdc"\n',
+         "sources.source1.changes must be one of 'hash', 'logical', not 'cdc'"),
+        ('[sources.source1]\nslot = "Bad-Name"\n',
+         "sources.source1.slot: 'Bad-Name' is not a replication slot name"),
+        ('[sources.source1]\nfallback_to_hash = "yes"\n',
+         "sources.source1.fallback_to_hash must be a boolean"),
+    ],
+)
+def test_bad_capture_settings_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(CraftmartError) as caught:
+        load_settings(write(tmp_path, text))
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
