@@ -40,6 +40,7 @@ CLI = Path(sys.executable).parent / "craftmart-batch"
 RUN_OPTS: list[str] = []
 #: --skip-full: no `run --full` at the end (the largest sizes, measured once)
 SKIP_FULL = False
+AGAIN = False
 
 
 class StepFailed(Exception):
@@ -157,6 +158,8 @@ def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
                  "summary": changed["stdout"].strip()}
         runs.append(timed_run(db, cli_opts, f"{count:,} changes ({share_label(share)})",
                               "change", share=share, changes=count, apply=apply))
+    if AGAIN:  # steady state: nothing changed since the last run (which read the changes)
+        runs.append(timed_run(db, cli_opts, "no change, again", "no change"))
     if not SKIP_FULL:
         runs.append(timed_run(db, cli_opts, "run --full", "full"))
     return {"orders": orders, "generate": generated, "runs": runs}
@@ -317,6 +320,8 @@ def main() -> int:
                         help="run --memory-budget of every run (default: the run's default)")
     parser.add_argument("--partitions", type=int, default=None,
                         help="run --partitions of every run (default: automatic)")
+    parser.add_argument("--no-change-again", action="store_true",
+                        help="one more no-change run after the runs after changes")
     parser.add_argument("--skip-full", action="store_true",
                         help="leave out the final run --full (for the largest sizes)")
     parser.add_argument("--sources", choices=("warehouse", "apart"), default="warehouse",
@@ -329,8 +334,9 @@ def main() -> int:
                         help="with --sources apart: how runs find the changed rows")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
     args = parser.parse_args()
-    global SKIP_FULL
+    global SKIP_FULL, AGAIN
     SKIP_FULL = args.skip_full
+    AGAIN = args.no_change_again
     if args.memory_budget:
         RUN_OPTS.extend(["--memory-budget", args.memory_budget])
     if args.partitions is not None:
