@@ -95,7 +95,7 @@ def test_sources_on_another_server_give_the_warehouse_of_sources_kept_with_it(
     and ids equal those of the same sources in the warehouse's own database, and the
     reports' counts agree."""
     shop, warehouse, reference = make_db(), make_db(), make_db()
-    generate_orders(shop, 2000, seed=5)
+    generate_orders(shop, 3000, seed=5)
     copy_sources(shop, reference)
     config = shop_config(tmp_path, shop, changes)
     if changes == "logical":
