@@ -208,8 +208,14 @@ def start(
         except CraftmartError as exc:
             raise CraftmartError(f"{servers.describe(group)}: {exc}") from None
         try:
+            # the server and database the slots are on: one question per connection
+            server, database = fetch_frame(remote, """
+                select system_identifier::text || '/' || current_database() as server,
+                    current_database()::text as database
+                from pg_control_system()
+            """).row(0)
             for source in group:
-                one, delta = _start_one(remote, db, source_db, source,
+                one, delta = _start_one(remote, db, source_db, (server, database), source,
                                         stored.get(source.name), read_changes,
                                         capture.warnings)
                 capture.sources.append(one)
@@ -265,12 +271,11 @@ def _read_every_run(conn: Connection, names: list[str]) -> tuple[pl.DataFrame, l
 
 
 def _start_one(
-    remote: Connection, warehouse: Database, source_db: Database, source: Source,
-    stored: dict[str, str] | None, read_changes: bool, warnings: list[str],
+    remote: Connection, warehouse: Database, source_db: Database, where: tuple[str, str],
+    source: Source, stored: dict[str, str] | None, read_changes: bool, warnings: list[str],
 ) -> tuple[SourceCapture, tuple[pl.DataFrame, list[str]] | None]:
     label = f"source {source.name!r}"
-    server = fetch_value(remote, "select system_identifier::text || '/' || current_database()"
-                                 " from pg_control_system()")
+    server, database = where
     issues = problems(remote, source)
     slot = _slot(remote, source.slot)
     if slot is None and stored is None:
@@ -287,7 +292,7 @@ def _start_one(
             f" {what}; `craftmart-batch sources setup {source.name}` fixes it, or prints"
             " the SQL for a DBA with --print")
     if slot is not None and (slot["plugin"] != PLUGIN
-                             or slot["database"] != _current_database(remote)):
+                             or slot["database"] != database):
         raise CraftmartError(
             f"{label}: replication slot {source.slot} on {source_db.display()} is not one"
             f" craftmart-batch can read (plugin {slot['plugin']}, database {slot['database']});"
@@ -318,10 +323,6 @@ def _start_one(
                         " its hashes are compared this run")
         return SourceCapture(source, UNDECODED, upto, server), None
     return SourceCapture(source, None, upto, server), (keys, [source.name] if keyless else [])
-
-
-def _current_database(conn: Connection) -> str:
-    return str(fetch_value(conn, "select current_database()"))
 
 
 def _slot(conn: Connection, name: str) -> dict[str, object] | None:
