@@ -424,12 +424,7 @@ def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 @settings(max_examples=5, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(initial=st.lists(new_orders(), min_size=2, max_size=8),
-       # KNOWN DEFECT: with a key repeated in source1 (the "duplicate" step), logical
-       # capture can leave f_order or a customer's attributes different from the hash
-       # comparison's (found by this test, not yet understood); repeated keys are left
-       # out here until it is fixed, and covered under "hash" by test_incremental
-       steps=st.lists(STEPS.filter(lambda step: step[0] != "duplicate"), min_size=3,
-                      max_size=6))
+       steps=st.lists(STEPS, min_size=3, max_size=6))
 def test_any_sequence_of_changes_on_another_server_equals_local_sources(
     make_db: Callable[[], Database], tmp_path_factory: pytest.TempPathFactory,
     initial: list[tuple[str, dict[str, Any]]], steps: list[tuple[Any, ...]],

@@ -163,13 +163,14 @@ def _changes(
     conn: Connection, db: Database, settings: Settings, captured: capture.Capture
 ) -> SourceDelta:
     """The changed keys of every source: decoded from a replication slot (``captured``)
-    or found by comparing hashes."""
+    or found by comparing hashes; and, either way, the keys that repeated in their
+    source at the last run and the sources that had keyless rows."""
     by_hash = [s for s in settings.sources
                if s.changes == HASH or s.name in captured.compared_by_hash()]
     deltas = [row_hashes.detect(conn, db, by_hash)] if by_hash else []
     if captured.delta is not None:
         deltas.append(captured.delta)
-    return merge_deltas(deltas)
+    return merge_deltas(deltas).including(*row_hashes.read_every_run(conn, settings.sources))
 
 
 def _load(

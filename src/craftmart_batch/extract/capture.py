@@ -228,9 +228,6 @@ def start(
         finally:
             close_quietly(remote)
     if read_changes:
-        decoded_by = [c.source.name for c in capture.sources if c.reason is None]
-        if decoded_by:
-            deltas.append(_read_every_run(conn, decoded_by))
         keys = (pl.concat([d.cast({"source_order_id": pl.Int64}) for d, _ in deltas]) if deltas
                 else pl.DataFrame(schema={"source_name": pl.String, "source_order_id": pl.Int64}))
         keyless = tuple(sorted({name for _, names in deltas for name in names}))
@@ -243,31 +240,6 @@ def start(
             uncounted=tuple(c.source.name for c in capture.sources if c.reason is None),
         )
     return capture
-
-
-def _read_every_run(conn: Connection, names: list[str]) -> tuple[pl.DataFrame, list[str]]:
-    """The keys that repeat in their source, and the sources with rows without a key:
-    as a hash comparison does, they are read on every run (neither has a row of its own
-    to tell a change by). The warehouse knows them from the last run: every copy of a
-    repeated key but the first, and every keyless row, is in its quarantine."""
-    found = fetch_frame(conn, """
-        select distinct q.source_name::text as source_name, q.source_order_id
-        from craftmart.quarantine as q
-        where q.source_name = any($1)
-            and (q.source_order_id is null
-                 or 'duplicate_order_key' = any(q.reasons)
-                 or exists (select from dwh.f_order as f
-                            where f.source_name = q.source_name
-                                and f.source_order_id = q.source_order_id)
-                 or exists (select from craftmart.quarantine as other
-                            where other.source_name = q.source_name
-                                and other.source_order_id = q.source_order_id
-                                and other.ctid <> q.ctid))
-    """, (names,))
-    keyless = sorted(set(found.filter(pl.col("source_order_id").is_null())["source_name"]
-                         .to_list()))
-    keys = found.filter(pl.col("source_order_id").is_not_null())
-    return keys.select("source_name", pl.col("source_order_id").cast(pl.Int64)), keyless
 
 
 def _start_one(

@@ -98,6 +98,24 @@ def detect(conn: Connection, db: Database, sources: Sequence[Source]) -> SourceD
     return merge_deltas(deltas)
 
 
+def read_every_run(conn: Connection, sources: Sequence[Source]) -> tuple[pl.DataFrame, list[str]]:
+    """The keys that repeated in their source at the last run, and the sources that had
+    rows without a key: neither has a stored hash to tell a change by, so every run
+    pulls them (a key seen repeated now is found by the comparison; one repeated then
+    and gone now only here). The quarantine holds them: every copy of a repeated key but
+    one (as ``duplicate_order_key``), and every keyless row."""
+    found = fetch_frame(conn, """
+        select distinct source_name::text as source_name, source_order_id
+        from craftmart.quarantine
+        where source_name = any($1)
+            and (source_order_id is null or 'duplicate_order_key' = any(reasons))
+    """, ([s.name for s in sources],))
+    keyless = sorted(set(found.filter(pl.col("source_order_id").is_null())["source_name"]
+                         .to_list()))
+    keys = found.filter(pl.col("source_order_id").is_not_null())
+    return keys.select("source_name", pl.col("source_order_id").cast(pl.Int64)), keyless
+
+
 def _compared_in_server(db: Database, sources: Sequence[Source]) -> SourceDelta:
     found = read.read_queries(db, [compare_query(s) for s in sources], _COMPARED, sources)
     changed = found.filter(pl.col("kind") == "changed")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import polars as pl
 
@@ -46,6 +47,18 @@ class SourceDelta:
     @property
     def is_empty(self) -> bool:
         return self.changed.is_empty() and not self.keyless
+
+    def including(self, keys: pl.DataFrame, keyless: Sequence[str]) -> SourceDelta:
+        """This delta with more changed ``keys`` (``source_name, source_order_id``) and
+        more ``keyless`` sources."""
+        if keys.is_empty() and set(keyless) <= set(self.keyless):
+            return self
+        return replace(
+            self,
+            changed=pl.concat([self.changed, keys.select(self.changed.columns)
+                               .cast(self.changed.schema)]).unique().sort(ORDER_KEY),
+            keyless=tuple(sorted({*self.keyless, *keyless})),
+        )
 
     def pull_keys(self) -> pl.DataFrame:
         """The keys to pull in full: the changed ones, and every source with keyless rows."""
