@@ -36,7 +36,7 @@ from craftmart_batch._database import (
 from craftmart_batch._sql import fetch_value
 
 CLI = Path(sys.executable).parent / "craftmart-batch"
-#: options of every `run` step (--memory-budget, --partitions)
+#: options of every `run` step (--memory-budget, --partitions, --engine, --ray-address)
 RUN_OPTS: list[str] = []
 #: --skip-full: no `run --full` at the end (the largest sizes, measured once)
 SKIP_FULL = False
@@ -112,6 +112,8 @@ def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
         "partitions": report.get("partitions"),
         "mart_groups": report.get("mart_groups"),
         "memory_budget_mb": report.get("memory_budget_mb"),
+        "engine": report.get("engine", "local"),
+        "task_peak_rss_mb": report.get("task_peak_rss_mb", 0),
         "rows_pulled": sum(report.get("pulled", {}).values()),
         "dwh": report.get("dwh", {}),
         "marts": {
@@ -320,6 +322,10 @@ def main() -> int:
                         help="run --memory-budget of every run (default: the run's default)")
     parser.add_argument("--partitions", type=int, default=None,
                         help="run --partitions of every run (default: automatic)")
+    parser.add_argument("--engine", choices=("local", "ray"), default=None,
+                        help="run --engine of every run (default: local)")
+    parser.add_argument("--ray-address", default=None,
+                        help="run --ray-address of every run (default: a Ray per run)")
     parser.add_argument("--no-change-again", action="store_true",
                         help="one more no-change run after the runs after changes")
     parser.add_argument("--skip-full", action="store_true",
@@ -341,6 +347,10 @@ def main() -> int:
         RUN_OPTS.extend(["--memory-budget", args.memory_budget])
     if args.partitions is not None:
         RUN_OPTS.extend(["--partitions", str(args.partitions)])
+    if args.engine:
+        RUN_OPTS.extend(["--engine", args.engine])
+    if args.ray_address:
+        RUN_OPTS.extend(["--ray-address", args.ray_address])
     if not CLI.exists():
         parser.error(f"{CLI} not found: install craftmart-batch into this interpreter's env")
 

@@ -68,11 +68,12 @@ def _Progress(enabled: bool = True, banner: str | None = None) -> Any:
 def _settings(
     config: Path | None, dsn: str | None, wait: bool | None = None, *,
     partitions: int | None = None, memory_budget: str | None = None,
+    engine: str | None = None, ray_address: str | None = None,
 ) -> Any:
     from .config import load_settings
 
     return load_settings(config, dsn=dsn, wait_for_lock=wait, partitions=partitions,
-                         memory_budget=memory_budget)
+                         memory_budget=memory_budget, engine=engine, ray_address=ray_address)
 
 
 def _database(settings: Any) -> Any:
@@ -101,13 +102,23 @@ def run(
         typer.Option("--memory-budget", show_default=False,
                      help="Peak memory of the run, e.g. 700MB or 1.5GB (default 2GB)."),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", show_default=False,
+                     help="Where partitions are computed: local (default) or ray."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", show_default=False,
+                     help="The Ray cluster for --engine ray (default: one started here)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Load every registered source into the DWH and refresh both marts."""
     from . import pipeline, report
 
     settings = _settings(config, dsn, wait, partitions=partitions,
-                         memory_budget=memory_budget)
+                         memory_budget=memory_budget, engine=engine, ray_address=ray_address)
     db = _database(settings)
     progress = _Progress(enabled=not as_json, banner=f"craftmart-batch run on {db.display()}")
     try:

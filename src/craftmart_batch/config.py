@@ -42,6 +42,11 @@ HASH = "hash"  # every row's hash compared with the stored one
 LOGICAL = "logical"  # the source server's logical decoding (a replication slot)
 CHANGE_MODES = (HASH, LOGICAL)
 
+#: Where a run's partitions are computed (``run.engine``).
+LOCAL = "local"  # in the craftmart-batch process
+RAY = "ray"  # as Ray tasks (the ``ray`` extra)
+ENGINES = (LOCAL, RAY)
+
 
 @dataclass(frozen=True)
 class Join:
@@ -107,6 +112,12 @@ class Settings:
     partitions: int = 0
     #: bytes the run process may use at its peak (automatic partitioning)
     memory_budget: int = 2 * 2**30
+    #: where partitions are computed: LOCAL (this process) or RAY (Ray tasks)
+    engine: str = LOCAL
+    #: the Ray cluster (``ray start --head`` prints it); empty: a Ray started for the run
+    ray_address: str = ""
+    #: how often Ray runs a partition's task again when its worker or node is lost
+    ray_task_retries: int = 3
 
     def source(self, name: str) -> Source:
         for source in self.sources:
@@ -120,6 +131,7 @@ _TOP_KEYS = {"database", "run", "sources"}
 _DATABASE_KEYS: dict[str, type] = {"dsn": str, "data_dir": str, "embedded_dbname": str}
 _RUN_KEYS: dict[str, type] = {
     "wait_for_lock": bool, "statement_timeout": str, "partitions": int, "memory_budget": str,
+    "engine": str, "ray_address": str, "ray_task_retries": int,
 }
 _SOURCE_KEYS: dict[str, type] = {
     "schema": str, "table": str, "key": str, "enabled": bool, "join": list, "columns": dict,
@@ -264,6 +276,8 @@ def load_settings(
     wait_for_lock: bool | None = None,
     partitions: int | None = None,
     memory_budget: str | None = None,
+    engine: str | None = None,
+    ray_address: str | None = None,
 ) -> Settings:
     """Resolve settings from every layer; raise ``CraftmartError`` naming a bad key."""
     defaults = tomllib.loads(default_config_text())
@@ -301,6 +315,16 @@ def load_settings(
         run["partitions"] = partitions
     if memory_budget is not None:
         run["memory_budget"] = memory_budget
+    if engine is not None:
+        run["engine"] = engine
+    if ray_address is not None:
+        run["ray_address"] = ray_address
+    if run["engine"] not in ENGINES:
+        raise CraftmartError(f"run.engine must be one of {', '.join(map(repr, ENGINES))},"
+                             f" not {run['engine']!r}")
+    if run["ray_task_retries"] < 0:
+        raise CraftmartError(
+            f"run.ray_task_retries must be 0 or more, not {run['ray_task_retries']}")
     if run["partitions"] < 0:
         raise CraftmartError(
             f"run.partitions must be 0 (automatic) or more, not {run['partitions']}")
@@ -327,4 +351,7 @@ def load_settings(
         source_order=tuple(raw_sources),
         partitions=int(run["partitions"]),
         memory_budget=budget,
+        engine=run["engine"],
+        ray_address=run["ray_address"],
+        ray_task_retries=int(run["ray_task_retries"]),
     )

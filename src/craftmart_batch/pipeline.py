@@ -14,12 +14,13 @@ import logging
 import resource
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 
 from . import schema, stages
 from ._database import Database, connect, first_line, redact
 from ._sql import Connection, database_error, execute, fetch_value
-from .config import HASH, Settings
+from .config import HASH, LOCAL, Settings
+from .engine import Engine, open_engine
 from .errors import CraftmartError, LockHeldError
 from .extract import capture, queries
 from .extract import hashes as row_hashes
@@ -130,7 +131,16 @@ def run(
             assert plan.delta is not None
             report.sources = runs.unchanged_counts(conn, settings, plan.delta)
         else:
-            _load(conn, db, settings, plan, report, progress)
+            if settings.engine == LOCAL:
+                engine = open_engine(settings)
+            else:
+                with _stage(report, settings.engine, progress):  # joining or starting Ray
+                    engine = open_engine(settings)
+            report.engine = engine.name
+            try:
+                _load(conn, db, settings, plan, report, progress, engine)
+            finally:
+                engine.close()
         for mart in refresh.MARTS:
             with _stage(report, mart.name, progress):
                 outcome = refresh.refresh(conn, mart, full=full, groups=plan.sizing.mart_groups)
@@ -175,17 +185,27 @@ def _changes(
 
 def _load(
     conn: Connection, db: Database, settings: Settings, plan: stages.Plan, report: RunReport,
-    progress: Progress | None,
+    progress: Progress | None, engine: Engine,
 ) -> None:
     """The DWH and quarantine made to match the sources, partition by partition."""
     found = stages.Collected()
     if plan.mode == stages.EVERYTHING:
         row_hashes.reset(conn)
+    works = [stages.partition_work(db, settings, plan, p) for p in range(plan.partitions)]
+    computing = engine.map(works)
     for partition in range(plan.partitions):
-        def step(name: str, partition: int = partition) -> AbstractContextManager[None]:
-            return _stage(report, name, progress, partition, plan.partitions)
-
-        stages.stage_partition(conn, db, settings, plan, partition, found, step)
+        # the engine pulls, validates and reduces the partition (here, or in a Ray
+        # task); what it found is written here, in the run's transaction
+        with _stage(report, "pull", progress, partition, plan.partitions):
+            result = next(computing)
+        with _stage(report, "validate", progress, partition, plan.partitions):
+            stages.apply_partition(conn, plan, result, found)
+        if engine.name == LOCAL:  # computed during the wait: time its steps as they went
+            report.stages["pull"] -= result.seconds["validate"]
+            report.stages["validate"] += result.seconds["validate"]
+        else:
+            report.task_peak_rss_mb = max(report.task_peak_rss_mb, result.peak_rss_mb)
+        del result
     dims = stages.resolve_dimensions(conn, db, settings, plan, found,
                                      lambda name: _stage(report, name, progress))
     with _stage(report, "write", progress):

@@ -54,7 +54,9 @@ def run_summary(report: RunReport) -> str:
         "",
         f"source rows pulled: {_pull(report.pull, report.pull_reason)}",
         f"partitions: {report.partitions} of the order keys, {report.mart_groups} of the"
-        f" marts' entities (memory budget {report.memory_budget_mb} MB)",
+        f" marts' entities (memory budget {report.memory_budget_mb} MB)"
+        + (f", computed as Ray tasks (largest task peak {report.task_peak_rss_mb} MB)"
+           if report.engine == "ray" else ""),
         "",
         "sources (rows read = loaded + quarantined):",
         _table(sources),

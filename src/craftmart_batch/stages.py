@@ -1,9 +1,11 @@
 """The stages of a run over partitions of its work.
 
 ``plan`` decides what the run reads (every source row, or the changed ones) and in how
-many partitions of the order keys. ``stage_partition`` then pulls one partition,
-validates it, writes its quarantine rows and hashes, stages its valid orders in a
-temporary table and keeps its dimension candidates (one row per entity). Once every
+many partitions of the order keys. ``compute_partition`` then pulls one partition,
+validates it and reduces it to its valid orders and its dimension candidates (one row
+per entity): it reads the sources only, so it runs wherever the engine puts it (in this
+process, or as a Ray task). ``apply_partition`` writes what it found in the run's
+transaction: quarantine rows and hashes, its valid orders staged in a temporary table. Once every
 partition is staged, ``resolve_dimensions`` reduces the candidates (with, for changed
 rows, the latest unchanged row of every entity they touch) to the dimensions' target
 rows and writes what differs. ``write_partition`` then diffs each partition's staged
@@ -15,6 +17,8 @@ the dimension rows of the run.
 from __future__ import annotations
 
 import logging
+import resource
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -214,56 +218,101 @@ def _staged_orders_table(partition: int) -> str:
 Step = Callable[[str], AbstractContextManager[None]]
 
 
-def stage_partition(
-    conn: Connection, db: Database, settings: Settings, run_plan: Plan, partition: int,
-    found: Collected, step: Step,
-) -> None:
-    """Pull one partition, validate it, write its quarantine rows and hashes, stage its
-    valid orders and keep its dimension candidates in ``found``. ``step`` times and
-    announces each step."""
-    n = run_plan.partitions
-    with step("pull"):
-        if run_plan.mode == EVERYTHING:
-            assert run_plan.ranges is not None
-            pulled = read.pull_sources(db, settings.sources,
-                                       partition=(run_plan.ranges, partition))
-            scope: pl.DataFrame | str | None = (
-                None if n == 1 else run_plan.key_condition("q", partition))
-        else:
-            keys = run_plan.pull_keys(partition)
-            pulled = (read.pull_sources(db, settings.sources, keys) if not keys.is_empty()
-                      else read.pull_sources(db, []))
-            scope = keys
-    with step("validate"):
-        _validate_partition(conn, run_plan, partition, pulled, scope, found)
-    del pulled
+@dataclass(frozen=True)
+class PartitionWork:
+    """One partition of a run, as the function that computes it needs it: what to read
+    (and from where), nothing of the warehouse. It travels to other processes (Ray
+    tasks), so it holds only plain values."""
+
+    db: Database  # the warehouse: the database of the sources without one
+    sources: tuple[Source, ...]
+    partition: int
+    partitions: int
+    ranges: parts.KeyRanges | None  # EVERYTHING: every row of this range of keys
+    keys: pl.DataFrame | None  # CHANGES: these keys (a null key: a source's keyless rows)
 
 
-def _validate_partition(
-    conn: Connection, run_plan: Plan, partition: int, pulled: pl.DataFrame,
-    scope: pl.DataFrame | str | None, found: Collected,
-) -> None:
-    valid, quarantine = validate(pulled.drop("row_hash"))
-    read_now = rows_per_source(pulled)
-    _add(found.pulled, read_now)
-    if run_plan.mode == EVERYTHING:
-        _add(found.read, read_now)
-        _add(found.loaded, rows_per_source(valid))
-        _add(found.quarantined, rows_per_source(quarantine))
-        row_hashes.append(conn, pulled)
+@dataclass
+class PartitionResult:
+    """What one partition's pull, validation and reduction hand to the coordinator,
+    which writes it in the run's transaction."""
+
+    partition: int
+    hashes: pl.DataFrame  # every pulled row's key and hash
+    read: dict[str, int]  # rows pulled, per source
+    loaded: dict[str, int]  # valid rows, per source
+    quarantined: dict[str, int]  # invalid rows, per source
+    quarantine: pl.DataFrame
+    candidates: Warehouse  # one row per entity: its most recent valid row here
+    orders: pl.DataFrame  # the valid orders, staged for write_partition
+    seconds: dict[str, float] = field(default_factory=dict)  # pull, validate
+    peak_rss_mb: int = 0  # of the process that computed it
+
+
+def partition_work(
+    db: Database, settings: Settings, run_plan: Plan, partition: int
+) -> PartitionWork:
+    keys = None if run_plan.mode == EVERYTHING else run_plan.pull_keys(partition)
+    return PartitionWork(db, settings.sources, partition, run_plan.partitions,
+                         run_plan.ranges if run_plan.mode == EVERYTHING else None, keys)
+
+
+def compute_partition(work: PartitionWork) -> PartitionResult:
+    """Pull one partition from its sources, validate it and reduce it to orders and
+    dimension candidates. Pure with respect to the warehouse: it reads the sources
+    only, writes nothing, and gives the same result wherever it runs."""
+    seconds = {}
+    started = time.perf_counter()
+    if work.ranges is not None:
+        pulled = read.pull_sources(work.db, work.sources,
+                                   partition=(work.ranges, work.partition))
+    elif work.keys is not None and not work.keys.is_empty():
+        pulled = read.pull_sources(work.db, work.sources, work.keys)
     else:
-        row_hashes.store_changes(conn, run_plan.changed_keys(partition), pulled)
-    if not (isinstance(scope, pl.DataFrame) and scope.is_empty()):
-        _add(found.quarantine, write_quarantine(conn, quarantine, scope=scope))
-    del quarantine
+        pulled = read.pull_sources(work.db, [])
+    seconds["pull"] = time.perf_counter() - started
+    started = time.perf_counter()
+    valid, quarantine = validate(pulled.drop("row_hash"))
+    hashes = pulled.select(*ORDER_KEY, "row_hash")
+    read_now = rows_per_source(pulled)
+    del pulled
     rows = parts.normalised(valid)
-    del valid
-    found.candidates.add(parts.candidates(rows))
-    orders = parts.staged_orders(rows)
-    del rows
-    stage(conn, _staged_orders_table(partition), orders,
+    result = PartitionResult(
+        partition=work.partition, hashes=hashes, read=read_now,
+        loaded=rows_per_source(valid), quarantined=rows_per_source(quarantine),
+        quarantine=quarantine, candidates=parts.candidates(rows),
+        orders=parts.staged_orders(rows),
+    )
+    del valid, rows
+    seconds["validate"] = time.perf_counter() - started
+    result.seconds = seconds
+    result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return result
+
+
+def apply_partition(
+    conn: Connection, run_plan: Plan, result: PartitionResult, found: Collected
+) -> None:
+    """Write one computed partition in the run's transaction: its hashes and quarantine
+    rows; stage its valid orders; keep its dimension candidates in ``found``."""
+    partition = result.partition
+    _add(found.pulled, result.read)
+    if run_plan.mode == EVERYTHING:
+        _add(found.read, result.read)
+        _add(found.loaded, result.loaded)
+        _add(found.quarantined, result.quarantined)
+        row_hashes.append(conn, result.hashes)
+        scope: pl.DataFrame | str | None = (
+            None if run_plan.partitions == 1 else run_plan.key_condition("q", partition))
+    else:
+        row_hashes.store_changes(conn, run_plan.changed_keys(partition), result.hashes)
+        scope = run_plan.pull_keys(partition)
+    if not (isinstance(scope, pl.DataFrame) and scope.is_empty()):
+        _add(found.quarantine, write_quarantine(conn, result.quarantine, scope=scope))
+    found.candidates.add(result.candidates)
+    stage(conn, _staged_orders_table(partition), result.orders,
           analyze=("craftsman_email", "customer_email"))
-    found.staged_orders += orders.height
+    found.staged_orders += result.orders.height
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ class RunReport:
     changes: dict[str, str] = field(default_factory=dict)
     #: what the user should know although the run succeeded, one line each
     warnings: list[str] = field(default_factory=list)
+    #: where the partitions were computed: "local" or "ray"
+    engine: str = "local"
+    #: the peak memory (MiB) of the processes that computed partitions elsewhere
+    #: (Ray workers), the largest one; 0 when they were computed here
+    task_peak_rss_mb: int = 0
 
     def plan(self, plan: Any, budget: int) -> None:
         """Note what the run planned (``stages.Plan``) under a ``budget`` in bytes."""
@@ -73,6 +78,8 @@ class RunReport:
             "memory_budget_mb": self.memory_budget_mb,
             "changes": self.changes,
             "warnings": self.warnings,
+            "engine": self.engine,
+            "task_peak_rss_mb": self.task_peak_rss_mb,
         }
 
 
