@@ -18,9 +18,11 @@ or the coordinator lost at any instant leaves nothing visible.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, Protocol
 
 from .config import RAY, Settings
@@ -36,7 +38,7 @@ RAY_VERSION = "2.60.0"
 class Engine(Protocol):
     name: str
 
-    def map(self, works: Sequence[PartitionWork]) -> Iterator[PartitionResult]:
+    def map(self, works: Sequence[PartitionWork]) -> Generator[PartitionResult, None, None]:
         """Each partition's result, in the order of ``works``."""
         ...
 
@@ -48,7 +50,7 @@ class LocalEngine:
 
     name = "local"
 
-    def map(self, works: Sequence[PartitionWork]) -> Iterator[PartitionResult]:
+    def map(self, works: Sequence[PartitionWork]) -> Generator[PartitionResult, None, None]:
         for work in works:
             yield compute_partition(work)
 
@@ -87,6 +89,9 @@ class RayEngine:
             # token (its default): true, and not the user's concern mid-run
             logging.getLogger("ray._private.authentication.authentication_token_setup"
                               ).setLevel(logging.ERROR)
+            # Ray's core installs its own handler of SIGTERM (a stack dump, exit 15): the
+            # run's own handlers (``_signals``: cancel, roll back, one line) are put back
+            saved = _stop_handlers()
             try:
                 # the workers log to files of their own, not to this terminal
                 ray.init(address=address or None, include_dashboard=False,
@@ -96,29 +101,49 @@ class RayEngine:
                 where = f"at {address}" if address else "here"
                 raise CraftmartError(f"cannot start or reach a Ray cluster {where}:"
                                      f" {_first_line(exc)}") from None
+            finally:
+                _restore(saved)
             started_here = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         task = ray.remote(max_retries=retries, num_cpus=1)(compute_partition)
         return cls(ray, task, started_here, window=max(1, cpus))
 
-    def map(self, works: Sequence[PartitionWork]) -> Iterator[PartitionResult]:
+    def map(self, works: Sequence[PartitionWork]) -> Generator[PartitionResult, None, None]:
         pending: deque[tuple[PartitionWork, Any]] = deque()
         queue = list(works)
-        while queue or pending:
-            while queue and len(pending) < self._window:
-                work = queue.pop(0)
-                pending.append((work, self._task.remote(work)))
-            work, ref = pending.popleft()
-            try:
-                yield self._ray.get(ref)
-            except Exception as exc:
-                for _, other in pending:
-                    self._ray.cancel(other, force=True)
-                raise _task_error(work, exc) from None
+        try:
+            while queue or pending:
+                while queue and len(pending) < self._window:
+                    work = queue.pop(0)
+                    pending.append((work, self._task.remote(work)))
+                work, ref = pending.popleft()
+                try:
+                    result = self._ray.get(ref)
+                except self._ray.exceptions.RayError as exc:
+                    raise _task_error(work, exc) from None
+                yield result
+        finally:  # the run failed or stopped: the tasks ahead of it are not wanted
+            for _, other in pending:
+                self._ray.cancel(other, force=True)
 
     def close(self) -> None:
         if self._started_here:
             self._ray.shutdown()
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _stop_handlers() -> dict[signal.Signals, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+
+
+def _restore(saved: dict[signal.Signals, Any]) -> None:
+    for signum, handler in saved.items():
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 def _probe(address: str) -> None:

@@ -193,19 +193,22 @@ def _load(
         row_hashes.reset(conn)
     works = [stages.partition_work(db, settings, plan, p) for p in range(plan.partitions)]
     computing = engine.map(works)
-    for partition in range(plan.partitions):
-        # the engine pulls, validates and reduces the partition (here, or in a Ray
-        # task); what it found is written here, in the run's transaction
-        with _stage(report, "pull", progress, partition, plan.partitions):
-            result = next(computing)
-        with _stage(report, "validate", progress, partition, plan.partitions):
-            stages.apply_partition(conn, plan, result, found)
-        if engine.name == LOCAL:  # computed during the wait: time its steps as they went
-            report.stages["pull"] -= result.seconds["validate"]
-            report.stages["validate"] += result.seconds["validate"]
-        else:
-            report.task_peak_rss_mb = max(report.task_peak_rss_mb, result.peak_rss_mb)
-        del result
+    try:
+        for partition in range(plan.partitions):
+            # the engine pulls, validates and reduces the partition (here, or in a Ray
+            # task); what it found is written here, in the run's transaction
+            with _stage(report, "pull", progress, partition, plan.partitions):
+                result = next(computing)
+            with _stage(report, "validate", progress, partition, plan.partitions):
+                stages.apply_partition(conn, plan, result, found)
+            if engine.name == LOCAL:  # computed during the wait: time its steps as they went
+                report.stages["pull"] -= result.seconds["validate"]
+                report.stages["validate"] += result.seconds["validate"]
+            else:
+                report.task_peak_rss_mb = max(report.task_peak_rss_mb, result.peak_rss_mb)
+            del result
+    finally:
+        computing.close()  # a run stopped midway: the engine drops the work ahead
     dims = stages.resolve_dimensions(conn, db, settings, plan, found,
                                      lambda name: _stage(report, name, progress))
     with _stage(report, "write", progress):
