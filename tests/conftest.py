@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import citus_nodes, create_database, drop_database
 
 from craftmart_batch._database import (
     Database,
     connection,
     parse_dsn,
-    quote_ident,
     redact,
     throwaway_embedded,
 )
@@ -33,7 +33,9 @@ _USER_SETTINGS = ("CRAFTMART_DSN", "CRAFTMART_CONFIG")
 def pytest_report_header(config: pytest.Config) -> str:
     dsn = os.environ.get(TEST_DSN_VARIABLE)
     if dsn:
-        return f"database: {TEST_DSN_VARIABLE}={redact(dsn)}"
+        nodes = citus_nodes(Database(parse_dsn(dsn)))
+        cluster = f" (Citus: coordinator and {len(nodes) - 1} workers)" if nodes else ""
+        return f"database: {TEST_DSN_VARIABLE}={redact(dsn)}{cluster}"
     return "database: embedded PostgreSQL, started for this session"
 
 
@@ -79,27 +81,15 @@ def make_db(
     stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:30]
 
     def create() -> Database:
-        name = f"cm_test_{stem}_{uuid.uuid4().hex[:10]}"
-        with connection(pg_server, autocommit=True) as conn:
-            cur = conn.cursor()
-            cur.execute(f"create database {quote_ident(name)}")
-            cur.close()
-        db = pg_server.with_dbname(name)
+        # on a Citus coordinator: on every node, with the extension, workers registered
+        db = create_database(pg_server, f"cm_test_{stem}_{uuid.uuid4().hex[:10]}")
         created.append(db)
         return db
 
     yield create
 
-    with connection(pg_server, autocommit=True) as conn:
-        cur = conn.cursor()
-        for db in reversed(created):
-            # a database with a replication slot (change capture) cannot be dropped
-            cur.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-                        " where database = $1", parameters=(db.dbname,))
-            cur.fetchall()
-            # with (force): a test may leave connections open, which must not leak the db
-            cur.execute(f"drop database if exists {quote_ident(db.dbname)} with (force)")
-        cur.close()
+    for db in reversed(created):
+        drop_database(pg_server, db.dbname)
 
 
 @pytest.fixture
