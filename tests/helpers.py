@@ -90,16 +90,20 @@ def create_database(server: Database, name: str) -> Database:
     if nodes is None:
         return db
     coordinator, *workers = nodes
-    for host, port in workers:
-        with connection(_on_node(server, host, port, "postgres"), autocommit=True) as conn:
-            execute(conn, f"create database {quote_ident(name)}")
-        with connection(_on_node(server, host, port, name), autocommit=True) as conn:
+    try:
+        for host, port in workers:
+            with connection(_on_node(server, host, port, "postgres"), autocommit=True) as conn:
+                execute(conn, f"create database {quote_ident(name)}")
+            with connection(_on_node(server, host, port, name), autocommit=True) as conn:
+                execute(conn, "create extension citus")
+        with connection(db, autocommit=True) as conn:
             execute(conn, "create extension citus")
-    with connection(db, autocommit=True) as conn:
-        execute(conn, "create extension citus")
-        execute(conn, "select citus_set_coordinator_host($1, $2::int)", coordinator)
-        for worker in workers:
-            execute(conn, "select citus_add_node($1, $2::int)", worker)
+            execute(conn, "select citus_set_coordinator_host($1, $2::int)", coordinator)
+            for worker in workers:
+                execute(conn, "select citus_add_node($1, $2::int)", worker)
+    except BaseException:
+        drop_database(server, name)
+        raise
     return db
 
 
