@@ -118,6 +118,8 @@ class Settings:
     ray_address: str = ""
     #: how often Ray runs a partition's task again when its worker or node is lost
     ray_task_retries: int = 3
+    #: the warehouse over a Citus cluster: "auto" (when the extension is there), "on", "off"
+    citus: str = "auto"
 
     def source(self, name: str) -> Source:
         for source in self.sources:
@@ -128,7 +130,9 @@ class Settings:
 
 
 _TOP_KEYS = {"database", "run", "sources"}
-_DATABASE_KEYS: dict[str, type] = {"dsn": str, "data_dir": str, "embedded_dbname": str}
+_DATABASE_KEYS: dict[str, type] = {
+    "dsn": str, "data_dir": str, "embedded_dbname": str, "citus": str,
+}
 _RUN_KEYS: dict[str, type] = {
     "wait_for_lock": bool, "statement_timeout": str, "partitions": int, "memory_budget": str,
     "engine": str, "ray_address": str, "ray_task_retries": int,
@@ -333,6 +337,10 @@ def load_settings(
     except ValueError as exc:
         raise CraftmartError(f"run.memory_budget: {exc}") from None
 
+    citus = database.get("citus", "auto")
+    if citus not in ("auto", "on", "off"):
+        raise CraftmartError(f"database.citus must be \"auto\", \"on\" or \"off\", not {citus!r}")
+
     sources = []
     for rank, (name, (label, body)) in enumerate(raw_sources.items(), start=1):
         if body.get("enabled", True):
@@ -354,4 +362,5 @@ def load_settings(
         engine=run["engine"],
         ray_address=run["ray_address"],
         ray_task_retries=int(run["ray_task_retries"]),
+        citus=citus,
     )

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from . import schema, stages
+from . import citus, schema, stages
 from ._database import Database, connect, first_line, redact
 from ._sql import Connection, database_error, execute, fetch_value
 from .config import HASH, LOCAL, Settings
@@ -78,6 +78,9 @@ def _set_run_timestamp(conn: Connection) -> str:
     )
     run_ts = fetch_value(conn, f"select greatest(now(){after_watermarks})::text")
     execute(conn, "select set_config('craftmart.run_ts', $1, true)", (run_ts,))
+    if citus.is_distributed(conn):
+        # statements whose select Citus runs on the workers read it there too
+        citus.set_local(conn, "craftmart.run_ts", str(run_ts))
     return str(run_ts)
 
 
@@ -106,6 +109,9 @@ def run(
         # Refuse a broken source before the first stage is reported or anything is
         # written: a run that cannot start is one error line (SPEC §7).
         queries.check_sources(conn, db, settings.sources)
+        on_citus = citus.check(conn, settings.citus)
+        if on_citus:
+            citus.prepare_transaction(conn)
         with _stage(report, "lock", progress):
             acquire_lock(conn, wait=settings.wait_for_lock)
             if settings.statement_timeout:
@@ -113,6 +119,8 @@ def run(
                         (settings.statement_timeout,))
         with _stage(report, "schema", progress):
             report.migrations = schema.migrate(conn)
+            if on_citus:
+                report.migrations += [f"citus: {t}" for t in citus.distribute(conn)]
             report.run_ts = _set_run_timestamp(conn)
             reason = (row_hashes.FULL_RUN if full
                       else row_hashes.full_pull_reason(conn, settings.sources))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from . import citus
 from ._database import Database, quote_ident, quote_literal
 from ._sizes import format_size
 from ._sql import Connection, execute, fetch_frame, fetch_value, stage
@@ -101,7 +102,7 @@ def plan(
     """Size the run: ``delta`` when the changed rows are pulled, else everything is."""
     stats = fetch_frame(conn, """
         select
-            (select count(*) from (select from dwh.f_order limit 1) as any_order) as orders,
+            (select count(*) from (select 1 from dwh.f_order limit 1) as any_order) as orders,
             greatest((select reltuples from pg_class where oid = 'dwh.f_order'::regclass), 0)
                 as estimated_orders,
             greatest((select reltuples from pg_class where oid = 'dwh.d_customer'::regclass), 0)
@@ -415,8 +416,8 @@ def finish(
         # Statistics for what was just written, in this transaction: without them the
         # next statements (and the next run, if it comes before autovacuum does) plan
         # for the tables as they were, e.g. empty before a first load.
-        execute(conn, "analyze dwh.d_craftsman, dwh.d_customer, dwh.d_product, dwh.f_order,"
-                      " craftmart.source_rows")
+        execute(conn, citus.analyze(conn, "dwh.d_craftsman", "dwh.d_customer", "dwh.d_product",
+                                    "dwh.f_order", "craftmart.source_rows"))
 
 
 def dwh_counts(dims: Dimensions, orders: dict[str, int]) -> dict[str, dict[str, int]]:

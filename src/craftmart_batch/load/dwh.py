@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import polars as pl
 
+from .. import citus
 from .._database import quote_ident, quote_literal
 from .._sql import Connection, execute, fetch_frame, fetch_value, stage
 from ..transform.diff import Scope, TableDiff, WarehouseDiff
@@ -170,6 +171,8 @@ def _latest_unchanged(conn: Connection, keys: str, ranks: dict[str, int]) -> pl.
     recent order (by ``RECENCY``) among those not in ``keys``: a walk down the entity's
     ``(id, order_created_date)`` index that stops at the first unchanged order."""
     rank_rows = ", ".join(f"({quote_literal(name)}, {int(rank)})" for name, rank in ranks.items())
+    if citus.is_distributed(conn):
+        return _latest_unchanged_distributed(conn, keys, rank_rows)
     latest = [
         f"""
         select latest.source_name, latest.source_order_id
@@ -198,13 +201,49 @@ def _latest_unchanged(conn: Connection, keys: str, ranks: dict[str, int]) -> pl.
     ).cast({"source_name": pl.String, "source_order_id": pl.Int64})
 
 
+def _latest_unchanged_distributed(conn: Connection, keys: str, rank_rows: str) -> pl.DataFrame:
+    """``_latest_unchanged`` on Citus, which cannot correlate a temporary table with a
+    distributed one (a lateral join): the touched entities' unchanged orders ranked by
+    recency, per entity, the first of each kept. Distributed by customer_id, the
+    customers' ranking runs in their shards; the craftsmen's and products' is finished
+    on the coordinator."""
+    latest = [
+        f"""
+        select source_name, source_order_id from (
+            select
+                f.source_name, f.source_order_id,
+                row_number() over (
+                    partition by f.{entity_id}
+                    order by f.order_created_date desc, r.source_rank desc,
+                        f.source_order_id desc
+                ) as recency
+            from dwh.f_order as f
+            inner join ranks as r on r.source_name = f.source_name
+            where f.{entity_id} in (select {entity_id} from pg_temp.scope_{table})
+                and (f.source_name, f.source_order_id) not in (
+                    select source_name, source_order_id from {keys}
+                )
+        ) as ranked
+        where recency = 1
+        """
+        for table, entity_id in (("d_craftsman", "craftsman_id"), ("d_customer", "customer_id"),
+                                 ("d_product", "product_id"))
+    ]
+    return fetch_frame(
+        conn,
+        f"with ranks (source_name, source_rank) as (values {rank_rows})\n"
+        + "\nunion\n".join(latest),
+    ).cast({"source_name": pl.String, "source_order_id": pl.Int64})
+
+
 def write_dimensions(conn: Connection, current: Warehouse, diff: WarehouseDiff) -> SurrogateIds:
     """Write new and changed people and products (``current`` is the whole of the
     dimensions or a ``Scope``'s part of them); return the id of every entity the
     target has, by natural key. Entities the target no longer has are deleted later
     (``finish_dimensions``), once no order points to them."""
     craftsman_ids = _upsert_person(conn, "craftsman", current.craftsmen, diff.craftsmen)
-    customer_ids = _upsert_person(conn, "customer", current.customers, diff.customers)
+    customer_ids = _upsert_person(conn, "customer", current.customers, diff.customers,
+                                  by_id=citus.is_distributed(conn))
     product_ids = _upsert_products(conn, current.products, diff.products, craftsman_ids)
     return SurrogateIds(
         craftsman_ids.join(diff.craftsmen.deleted, on="craftsman_email", how="anti"),
@@ -239,7 +278,9 @@ def write_orders(conn: Connection, diff: TableDiff) -> None:
             from deleted_orders
             """,
         )
-    if not diff.updates.is_empty():
+    if not diff.updates.is_empty() and citus.is_distributed(conn):
+        _update_distributed_orders(conn, diff.updates)
+    elif not diff.updates.is_empty():
         staged = stage(conn, "stage_f_order_updates", diff.updates.select(_ORDER_COLUMNS))
         execute(
             conn,
@@ -276,6 +317,67 @@ def write_orders(conn: Connection, diff: TableDiff) -> None:
             select {", ".join(_ORDER_COLUMNS)}, {RUN_TS}
             from {staged}
         """)
+
+
+def _update_distributed_orders(conn: Connection, updates: pl.DataFrame) -> None:
+    """``write_orders``' updates on Citus, where f_order is distributed by customer_id and
+    a distribution column cannot be updated: the former owners of orders that move are
+    logged, orders that move to another customer are deleted and inserted again under
+    the new one (same order_id), and the others updated in place."""
+    staged = stage(conn, "stage_f_order_updates", updates.select(_ORDER_COLUMNS),
+                   analyze=("source_name", "source_order_id"))
+    same_order = ("staged.source_name = f.source_name"
+                  " and staged.source_order_id = f.source_order_id")
+    execute(
+        conn,
+        f"""
+        insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
+        select {RUN_TS}, f.customer_id, f.craftsman_id
+        from dwh.f_order as f
+        inner join {staged} as staged on {same_order}
+        where f.customer_id <> staged.customer_id or f.craftsman_id <> staged.craftsman_id
+        """,
+    )
+    moved = fetch_frame(
+        conn,
+        f"""
+        delete from dwh.f_order as f
+        using {staged} as staged
+        where {same_order} and f.customer_id <> staged.customer_id
+        returning f.order_id, f.source_name, f.source_order_id
+        """,
+    )
+    if not moved.is_empty():
+        kept = stage(conn, "stage_f_order_moved", moved)
+        columns = ", ".join(_ORDER_COLUMNS)
+        execute(
+            conn,
+            f"""
+            insert into dwh.f_order (order_id, {columns}, load_dttm)
+            overriding system value
+            select m.order_id, {", ".join(f"staged.{c}" for c in _ORDER_COLUMNS)}, {RUN_TS}
+            from {staged} as staged
+            inner join {kept} as m
+                on m.source_name = staged.source_name
+                and m.source_order_id = staged.source_order_id
+            """,
+        )
+    execute(
+        conn,
+        f"""
+        update dwh.f_order as f set
+            product_id = staged.product_id,
+            craftsman_id = staged.craftsman_id,
+            order_created_date = staged.order_created_date,
+            order_completion_date = staged.order_completion_date,
+            order_status = staged.order_status,
+            product_price = staged.product_price,
+            load_dttm = {RUN_TS}
+        from {staged} as staged
+        where {same_order} and f.customer_id = staged.customer_id
+            and f.load_dttm is distinct from {RUN_TS}
+        """,
+    )
 
 
 def finish_dimensions(
@@ -373,15 +475,23 @@ def _secondary_indexes_dropped(conn: Connection, schema: str, table: str) -> Ite
 
 
 def _upsert_person(
-    conn: Connection, entity: str, current: pl.DataFrame, table_diff: TableDiff
+    conn: Connection, entity: str, current: pl.DataFrame, table_diff: TableDiff,
+    *, by_id: bool = False,
 ) -> pl.DataFrame:
-    """Write new and changed people; return every person's (id, email) after the write."""
+    """Write new and changed people; return every person's (id, email) after the write.
+
+    ``by_id``: the table is distributed by its id (Citus), so no unique index on the
+    email can arbitrate an upsert: changed people are updated by the ids they have,
+    new ones inserted."""
     id_col, email = f"{entity}_id", f"{entity}_email"
     ids = current.select(id_col, email)
     if table_diff.upserts.is_empty():
         return ids
-    staged = stage(conn, f"stage_d_{entity}", table_diff.upserts)
     attrs = [f"{entity}_name", f"{entity}_address", f"{entity}_birthday"]
+    if by_id:
+        written = _update_then_insert_person(conn, entity, ids, table_diff, attrs)
+        return pl.concat([ids.join(written, on=email, how="anti"), written.cast(ids.schema)])
+    staged = stage(conn, f"stage_d_{entity}", table_diff.upserts)
     written = fetch_frame(
         conn,
         f"""
@@ -396,6 +506,43 @@ def _upsert_person(
         """,
     )
     return pl.concat([ids.join(written, on=email, how="anti"), written.cast(ids.schema)])
+
+
+def _update_then_insert_person(
+    conn: Connection, entity: str, ids: pl.DataFrame, table_diff: TableDiff, attrs: list[str]
+) -> pl.DataFrame:
+    """``_upsert_person`` on a table distributed by its id: the changed people by id (one
+    multi-shard UPDATE ... FROM), then the new ones (INSERT ... SELECT, ids from the
+    identity, in key order); return their (id, email)."""
+    id_col, email = f"{entity}_id", f"{entity}_email"
+    written = []
+    if not table_diff.updates.is_empty():
+        staged = stage(conn, f"stage_d_{entity}_updates",
+                       table_diff.updates.join(ids, on=email, how="inner"), analyze=[id_col])
+        written.append(fetch_frame(
+            conn,
+            f"""
+            update dwh.d_{entity} as d set
+                {", ".join(f"{a} = staged.{a}" for a in attrs)},
+                load_dttm = {RUN_TS}
+            from {staged} as staged
+            where d.{id_col} = staged.{id_col}
+            returning d.{id_col}, d.{email}
+            """,
+        ))
+    if not table_diff.inserts.is_empty():
+        staged = stage(conn, f"stage_d_{entity}_inserts", table_diff.inserts)
+        written.append(fetch_frame(
+            conn,
+            f"""
+            insert into dwh.d_{entity} ({", ".join(attrs)}, {email}, load_dttm)
+            select {", ".join(attrs)}, {email}, {RUN_TS}
+            from {staged}
+            order by {email}  -- new ids in key order, however the run was partitioned
+            returning {id_col}, {email}
+            """,
+        ))
+    return pl.concat([w.cast(ids.schema) for w in written]) if written else ids.clear()
 
 
 def _upsert_products(

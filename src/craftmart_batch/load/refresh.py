@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from .. import logic
+from .. import citus, logic
 from .._sql import Connection, append, execute, fetch_frame, fetch_value, stage
 from ..transform import marts
 from ..transform.partition import entity_group_sql
@@ -166,7 +166,7 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
             _advance(conn, mart, definition)
             return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
     first_build = touched is None and bool(
-        fetch_value(conn, f"select not exists (select from {mart.table})"))
+        fetch_value(conn, f"select not exists (select 1 from {mart.table})"))
     entities = orders_read = inserted = updated = deleted = 0
     for group in range(groups):
         def only(column: str, group: int = group) -> str:
@@ -221,17 +221,23 @@ def _write_rows(
         from upserted
         """,
     )
+    if citus.is_distributed(conn):
+        # Citus plans a temporary table only as an uncorrelated subquery
+        stale = (f"and (m.{mart.entity_id}, m.report_period) not in"
+                 f" (select {mart.entity_id}, report_period from {staged})")
+    else:
+        stale = f"""and not exists (
+                select from {staged} as s
+                where s.{mart.entity_id} = m.{mart.entity_id}
+                    and s.report_period = m.report_period
+            )"""
     deleted = fetch_frame(
         conn,
         f"""
         with stale_rows as (
             delete from {mart.table} as m
             {scope_sql}
-            and not exists (
-                select from {staged} as s
-                where s.{mart.entity_id} = m.{mart.entity_id}
-                    and s.report_period = m.report_period
-            )
+            {stale}
             returning 1
         )
         select count(*) as n from stale_rows

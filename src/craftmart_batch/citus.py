@@ -1,0 +1,185 @@
+"""The warehouse on a Citus cluster: detection, checks, and the distributed layout.
+
+On a database with the ``citus`` extension (or with ``database.citus = "on"``) the
+tables the migrations create are laid out over the cluster right after them, in the
+run's transaction (``distribute``):
+
+- ``dwh.d_customer``, ``dwh.f_order`` and ``marts.customer_report_datamart`` are
+  distributed by ``customer_id`` and co-located: the customer mart reads a customer's
+  orders with the customer's attributes, and the craftsman mart reads every order with
+  its customer's birthday, both joined on ``customer_id`` inside each shard.
+- ``marts.craftsman_report_datamart`` is distributed by ``craftsman_id``.
+- ``dwh.d_craftsman`` and ``dwh.d_product`` are reference tables (a copy on every
+  node): ``f_order`` joins them on ``craftsman_id`` and ``product_id``, which are not
+  its distribution column, and the run resolves staged orders to their ids by email
+  and product. They are small beside the orders (about one craftsman per 150 orders,
+  one product per 35).
+- ``craftmart.*`` and the marts' load dates stay plain tables on the coordinator: one
+  row per run or per source key, read and written by the coordinator alone.
+
+A unique constraint on a distributed table must hold its distribution column, so
+``f_order``'s and the marts' primary keys gain it, ``f_order``'s natural key is unique
+per customer (the load keeps it unique overall: it writes orders by natural key), and
+``d_customer``'s email is indexed but no longer unique in the database (the load writes
+one row per email; ``write_dimensions`` looks people up by id, not by email).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._database import quote_ident, quote_literal
+from ._sql import Connection, execute, fetch_frame, fetch_value
+from .errors import CraftmartError
+
+logger = logging.getLogger(__name__)
+
+#: The oldest Citus the layout is made and tested for (identity columns of distributed
+#: tables, create_distributed_table inside a transaction that created the table).
+MIN_VERSION = (12, 1)
+
+#: ``database.citus``: "auto" lays the warehouse out over the cluster when the citus
+#: extension is in the database; "on" requires it; "off" keeps plain tables even there.
+MODES = ("auto", "on", "off")
+
+#: Distributed tables: (table, distribution column, co-located with).
+DISTRIBUTED = (
+    ("dwh.d_customer", "customer_id", "none"),
+    ("dwh.f_order", "customer_id", "dwh.d_customer"),
+    ("marts.customer_report_datamart", "customer_id", "dwh.d_customer"),
+    ("marts.craftsman_report_datamart", "craftsman_id", "none"),
+)
+REFERENCE = ("dwh.d_craftsman", "dwh.d_product")
+
+#: What the distributed tables' keys become (a unique key must hold the distribution
+#: column), applied to the plain tables just before they are distributed.
+_KEYS = (
+    "drop index dwh.d_customer_email_uq",
+    "create index d_customer_email_ix on dwh.d_customer (md5(customer_email))",
+    "comment on index dwh.d_customer_email_ix is 'People by normalised email (on its md5);"
+    " unique by the load: on Citus a unique index must hold customer_id.'",
+    "alter table dwh.f_order drop constraint f_order_pk",
+    "alter table dwh.f_order add constraint f_order_pk primary key (customer_id, order_id)",
+    "alter table dwh.f_order drop constraint f_order_source_uq",
+    "alter table dwh.f_order add constraint f_order_source_uq"
+    " unique (customer_id, source_name, source_order_id)",
+    "create index f_order_source_ix on dwh.f_order (source_name, source_order_id)",
+    "alter table marts.customer_report_datamart drop constraint customer_report_datamart_pk",
+    "alter table marts.customer_report_datamart add constraint customer_report_datamart_pk"
+    " primary key (customer_id, id)",
+    "alter table marts.craftsman_report_datamart drop constraint craftsman_report_datamart_pk",
+    "alter table marts.craftsman_report_datamart add constraint craftsman_report_datamart_pk"
+    " primary key (craftsman_id, id)",
+)
+
+
+def installed_version(conn: Connection) -> str | None:
+    """The citus extension's version in this database, None without it."""
+    value = fetch_value(conn, "select extversion from pg_extension where extname = 'citus'")
+    return None if value is None else str(value)
+
+
+def is_distributed(conn: Connection) -> bool:
+    """Whether the warehouse is laid out over a Citus cluster (``dwh.f_order`` is a
+    distributed table)."""
+    return bool(fetch_value(conn, """
+        select to_regclass('pg_catalog.pg_dist_partition') is not null
+            and to_regclass('dwh.f_order') is not null
+            and exists (
+                select from pg_catalog.pg_dist_partition
+                where logicalrelid = to_regclass('dwh.f_order')
+            )
+    """))
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("-")[0].split(".") if part.isdigit())
+
+
+def check(conn: Connection, mode: str) -> bool:
+    """Before the run's lock: whether the warehouse is (or is to be) on Citus; refuse,
+    with one line, a Citus too old, or a worker that does not answer."""
+    version = installed_version(conn)
+    if mode == "off" or (version is None and mode == "auto"):
+        return False
+    if version is None:
+        raise CraftmartError(
+            "database.citus is \"on\" but the citus extension is not installed in the"
+            " warehouse's database (create extension citus, on every node)")
+    if _version_tuple(version) < MIN_VERSION:
+        raise CraftmartError(
+            f"Citus {version} is too old: the distributed warehouse needs Citus"
+            f" {'.'.join(map(str, MIN_VERSION))} or later")
+    workers = fetch_frame(conn, """
+        select nodename, nodeport, isactive from pg_catalog.pg_dist_node
+        where noderole = 'primary' and groupid <> 0 order by nodename, nodeport
+    """)
+    if workers.is_empty() and not fetch_value(
+            conn, "select exists (select from pg_catalog.pg_dist_node where shouldhaveshards)"):
+        raise CraftmartError("the Citus cluster has no node to hold shards"
+                             " (citus_add_node a worker)")
+    inactive = [f"{h}:{p}" for h, p, active in workers.iter_rows() if not active]
+    if inactive:
+        raise CraftmartError(f"Citus worker {', '.join(inactive)} is inactive")
+    answers = fetch_frame(conn, "select nodename, nodeport, success, result"
+                                " from run_command_on_workers('select 1')")
+    down = [(h, p, r) for h, p, ok, r in answers.iter_rows() if not ok]
+    if down:
+        host, port, result = down[0]
+        raise CraftmartError(f"Citus worker {host}:{port} does not answer: {result}")
+    return True
+
+
+def prepare_transaction(conn: Connection) -> None:
+    """The run's transaction on Citus goes over one connection per node. A run writes
+    the reference tables and f_order's shards, then reads them joined; a shard written
+    over one connection and a reference placement over another could not be read by one
+    task ("cannot perform query with placements that were modified over multiple
+    connections"). The price: the shards of a node are written one after another."""
+    execute(conn, "set local citus.multi_shard_modify_mode to 'sequential'")
+
+
+def set_local(conn: Connection, name: str, value: str) -> None:
+    """SET LOCAL a setting in the coordinator's transaction and in every worker's part of
+    it (Citus propagates SET LOCAL, not set_config)."""
+    execute(conn, "set local citus.propagate_set_commands to 'local'")
+    execute(conn, f"set local {quote_ident(name.split('.')[0])}.{quote_ident(name.split('.')[1])}"
+                  f" to {quote_literal(value)}")
+
+
+def analyze(conn: Connection, *tables: str) -> str:
+    """ANALYZE of ``tables``; on Citus of the coordinator's plain tables only. The
+    coordinator holds a copy of the reference tables and reads and writes it in the
+    run's own session (local execution); ANALYZE of a distributed or reference table
+    would then need connections of its own to the nodes, which Citus refuses in that
+    transaction ("a local execution has accessed a placement in the transaction").
+    The shards are analysed by their nodes' autovacuum after the commit."""
+    if is_distributed(conn):
+        tables = tuple(t for t in tables if not _in_cluster(conn, t))
+    return f"analyze {', '.join(tables)}" if tables else "select 1"
+
+
+def _in_cluster(conn: Connection, table: str) -> bool:
+    return bool(fetch_value(conn, "select exists (select from pg_catalog.pg_dist_partition"
+                                  " where logicalrelid = to_regclass($1))", (table,)))
+
+
+def distribute(conn: Connection) -> list[str]:
+    """Lay the warehouse's tables out over the cluster, inside the caller's transaction
+    (which holds the run's lock); return what was distributed. Idempotent: a warehouse
+    already laid out is not touched. Rows already in the tables (a warehouse built on
+    plain PostgreSQL, ``craftmart-batch distribute``) move to the shards."""
+    if is_distributed(conn):
+        return []
+    for statement in _KEYS:
+        execute(conn, statement)
+    done = []
+    for table in REFERENCE:
+        execute(conn, "select create_reference_table($1)", (table,))
+        done.append(f"{table} (reference)")
+    for table, column, colocate_with in DISTRIBUTED:
+        execute(conn, "select create_distributed_table($1, $2, colocate_with => $3)",
+                (table, column, colocate_with))
+        done.append(f"{table} (by {column})")
+    logger.info("warehouse laid out over the Citus cluster: %s", ", ".join(done))
+    return done
