@@ -27,10 +27,14 @@ one row per email; ``write_dimensions`` looks people up by id, not by email).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from ._database import quote_ident, quote_literal
-from ._sql import Connection, execute, fetch_frame, fetch_value
+from ._database import Database, close_quietly, connect, quote_ident, quote_literal
+from ._sql import Connection, database_error, execute, fetch_frame, fetch_value
 from .errors import CraftmartError
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +179,53 @@ def distribute(conn: Connection) -> list[str]:
         execute(conn, statement)
     done = []
     for table in REFERENCE:
+        had_rows = _has_rows(conn, table)
         execute(conn, "select create_reference_table($1)", (table,))
+        _drop_local_copy(conn, table, had_rows)
         done.append(f"{table} (reference)")
     for table, column, colocate_with in DISTRIBUTED:
+        had_rows = _has_rows(conn, table)
         execute(conn, "select create_distributed_table($1, $2, colocate_with => $3)",
                 (table, column, colocate_with))
+        _drop_local_copy(conn, table, had_rows)
         done.append(f"{table} (by {column})")
     logger.info("warehouse laid out over the Citus cluster: %s", ", ".join(done))
     return done
+
+
+def _has_rows(conn: Connection, table: str) -> bool:
+    return bool(fetch_value(conn, f"select exists (select 1 from {table})"))
+
+
+def _drop_local_copy(conn: Connection, table: str, had_rows: bool) -> None:
+    """Rows a table held before it was distributed are copied to its shards and stay in
+    the coordinator's table too, unread: drop them there."""
+    if had_rows:
+        execute(conn, "select truncate_local_data_after_distributing_table($1)", (table,))
+
+
+def move(settings: Settings, db: Database) -> list[str]:
+    """``craftmart-batch distribute``: bring a warehouse up to date with the migrations
+    and lay it out over the Citus cluster its database is on, in one transaction under
+    the run's lock; its rows move to the shards. Return what was distributed (nothing
+    for a warehouse already laid out)."""
+    from . import pipeline, schema
+    from .load.runs import is_driver_error
+
+    conn = connect(db)
+    try:
+        check(conn, "on")
+        prepare_transaction(conn)
+        pipeline.acquire_lock(conn, wait=settings.wait_for_lock)
+        schema.migrate(conn)
+        done = distribute(conn)
+        conn.commit()
+        return done
+    except CraftmartError:
+        raise
+    except Exception as exc:
+        if is_driver_error(exc):
+            raise database_error(exc, "distributing the warehouse") from None
+        raise
+    finally:
+        close_quietly(conn)

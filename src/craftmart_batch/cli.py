@@ -325,6 +325,24 @@ def report_(
     print(f"wrote {out} ({charts} charts)", file=sys.stderr)
 
 
+@app.command("distribute")
+def distribute(
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move a warehouse built on plain PostgreSQL onto the Citus cluster its database is
+    on: distributed and reference tables, rows moved to the shards, in one transaction."""
+    from . import citus
+
+    settings = _settings(config, dsn)
+    db = _database(settings)
+    done = citus.move(settings, db)
+    if done:
+        print(f"{db.display()}: laid out over the Citus cluster: {', '.join(done)}")
+    else:
+        print(f"{db.display()}: already laid out over the Citus cluster; nothing to do")
+
+
 @app.command("grant-reader")
 def grant_reader(
     role: Annotated[str, typer.Argument(help="The role that may read the marts.",
