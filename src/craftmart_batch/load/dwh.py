@@ -587,10 +587,11 @@ def _delete_by_id(conn: Connection, table: str, id_column: str, deleted: pl.Data
     if deleted.is_empty():
         return
     staged = stage(conn, f"stage_{table}_deleted", deleted.select(id_column))
+    # a subquery, not USING: Citus joins a reference table to a temporary one only so
     execute(
         conn,
-        f"delete from dwh.{table} as t using {staged} as staged"
-        f" where t.{id_column} = staged.{id_column}",
+        f"delete from dwh.{table} as t"
+        f" where t.{id_column} in (select {id_column} from {staged})",
     )
 
 
