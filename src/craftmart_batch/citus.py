@@ -27,9 +27,17 @@ one row per email; ``write_dimensions`` looks people up by id, not by email).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._database import Database, close_quietly, connect, quote_ident, quote_literal
+from ._database import (
+    Database,
+    close_quietly,
+    connect,
+    first_line,
+    quote_ident,
+    quote_literal,
+)
 from ._sql import Connection, database_error, execute, fetch_frame, fetch_value
 from .errors import CraftmartError
 
@@ -161,6 +169,38 @@ def analyze(conn: Connection, *tables: str) -> str:
     if is_distributed(conn):
         tables = tuple(t for t in tables if not _in_cluster(conn, t))
     return f"analyze {', '.join(tables)}" if tables else "select 1"
+
+
+def estimated_rows(conn: Connection) -> Callable[[str], str]:
+    """A SQL expression of a table's row count as the planner estimates it: its own
+    statistics on plain PostgreSQL, the sum of its shards' on Citus (a distributed
+    table's statistics on the coordinator stay empty)."""
+    if not is_distributed(conn):
+        return lambda table: (f"greatest((select reltuples from pg_class"
+                              f" where oid = {quote_literal(table)}::regclass), 0)")
+    return lambda table: (
+        "(select coalesce(sum(greatest(result::float8, 0)), 0) from run_command_on_shards("
+        f"{quote_literal(table)}, $$select reltuples from pg_class"
+        " where oid = '%s'::regclass$$) where success)")
+
+
+def analyze_cluster_tables(conn: Connection) -> list[str]:
+    """After a run's commit on Citus: ANALYZE the distributed and reference tables (their
+    shards, on the workers) in a transaction of its own, which the run could not do in
+    its own (``analyze``); the next run's plans and estimates need them. The run is
+    committed: a failure here is a warning (autovacuum analyses the shards later)."""
+    try:
+        execute(conn, "analyze " + ", ".join(
+            [*REFERENCE, *(table for table, _, _ in DISTRIBUTED)]))
+        conn.commit()
+    except Exception as exc:
+        logger.info("analyze after the commit failed", exc_info=True)
+        try:
+            conn.rollback()
+        except Exception:
+            logger.debug("rollback failed", exc_info=True)
+        return [f"statistics of the distributed tables not refreshed: {first_line(str(exc))}"]
+    return []
 
 
 def _in_cluster(conn: Connection, table: str) -> bool:

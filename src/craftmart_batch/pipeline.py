@@ -158,6 +158,9 @@ def run(
             capture.store(conn, captured)
             runs.record_run(conn, report, started_at)
             conn.commit()
+        if on_citus and plan.mode == stages.EVERYTHING:
+            with _stage(report, "analyze", progress):
+                report.warnings += citus.analyze_cluster_tables(conn)
         report.warnings += capture.advance(db, captured)
     except CraftmartError as exc:
         runs.rollback(conn)

@@ -100,15 +100,13 @@ def plan(
     delta: SourceDelta | None,
 ) -> Plan:
     """Size the run: ``delta`` when the changed rows are pulled, else everything is."""
-    stats = fetch_frame(conn, """
+    estimate = citus.estimated_rows(conn)
+    stats = fetch_frame(conn, f"""
         select
             (select count(*) from (select 1 from dwh.f_order limit 1) as any_order) as orders,
-            greatest((select reltuples from pg_class where oid = 'dwh.f_order'::regclass), 0)
-                as estimated_orders,
-            greatest((select reltuples from pg_class where oid = 'dwh.d_customer'::regclass), 0)
-            + greatest((select reltuples from pg_class where oid = 'dwh.d_craftsman'::regclass), 0)
-            + greatest((select reltuples from pg_class where oid = 'dwh.d_product'::regclass), 0)
-                as estimated_entities
+            {estimate("dwh.f_order")} as estimated_orders,
+            {estimate("dwh.d_customer")} + {estimate("dwh.d_craftsman")}
+            + {estimate("dwh.d_product")} as estimated_entities
     """).row(0, named=True)
     first_load = stats["orders"] == 0
     dwh_orders = int(stats["estimated_orders"])
