@@ -46,9 +46,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The oldest Citus the layout is made and tested for (identity columns of distributed
-#: tables, create_distributed_table inside a transaction that created the table).
-MIN_VERSION = (12, 1)
+#: The oldest Citus the layout is tested with (identity columns of distributed tables,
+#: create_distributed_table in the transaction that created the table, SET LOCAL
+#: propagation); older releases may work but are refused rather than half-tried.
+MIN_VERSION = (13, 0)
 
 #: ``database.citus``: "auto" lays the warehouse out over the cluster when the citus
 #: extension is in the database; "on" requires it; "off" keeps plain tables even there.
