@@ -95,13 +95,14 @@ def installed_version(conn: Connection) -> str | None:
 def is_distributed(conn: Connection) -> bool:
     """Whether the warehouse is laid out over a Citus cluster (``dwh.f_order`` is a
     distributed table)."""
+    # two queries: a relation a query names must exist, however its logic short-circuits
+    if not fetch_value(conn, "select to_regclass('pg_catalog.pg_dist_partition') is not null"):
+        return False
     return bool(fetch_value(conn, """
-        select to_regclass('pg_catalog.pg_dist_partition') is not null
-            and to_regclass('dwh.f_order') is not null
-            and exists (
-                select from pg_catalog.pg_dist_partition
-                where logicalrelid = to_regclass('dwh.f_order')
-            )
+        select exists (
+            select from pg_catalog.pg_dist_partition
+            where logicalrelid = to_regclass('dwh.f_order')
+        )
     """))
 
 
