@@ -139,7 +139,7 @@ def test_any_partition_count_or_a_tiny_budget_gives_the_warehouse_of_one_partiti
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=6, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(initial=st.lists(new_orders(), min_size=2, max_size=8),
        steps=st.lists(st.tuples(STEPS, st.sampled_from((1, 2, 3, 7))), min_size=3, max_size=6))
