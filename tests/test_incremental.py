@@ -1205,7 +1205,7 @@ def _apply(db: Database, orders: list[tuple[str, int]], step: tuple[Any, ...]) -
 
 
 @pytest.mark.slow
-@settings(max_examples=16, deadline=None,
+@settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(initial=st.lists(new_orders(), min_size=2, max_size=8),
        steps=st.lists(STEPS, min_size=3, max_size=6))

@@ -98,6 +98,7 @@ def smallest_budget(db: Database) -> int:
     return int(found.group(1))
 
 
+@pytest.mark.slow
 def test_any_partition_count_or_a_tiny_budget_gives_the_warehouse_of_one_partition(
     make_db: Callable[[], Database],
 ) -> None:
@@ -139,7 +140,7 @@ def test_any_partition_count_or_a_tiny_budget_gives_the_warehouse_of_one_partiti
 
 
 @pytest.mark.slow
-@settings(max_examples=6, deadline=None,
+@settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(initial=st.lists(new_orders(), min_size=2, max_size=8),
        steps=st.lists(st.tuples(STEPS, st.sampled_from((1, 2, 3, 7))), min_size=3, max_size=6))

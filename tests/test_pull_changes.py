@@ -181,11 +181,9 @@ def test_many_changes_pull_everything(db: Database) -> None:
     assert query(db, "select count(*) from dwh.f_order where product_price = 999").item() == 2
 
 
-def test_rows_without_a_key_or_with_a_repeated_key_are_pulled_every_run(
-    db: Database, tmp_path: Path
-) -> None:
-    """They have no hash of their own; each run reads them again, and they stay in
-    quarantine once, however many runs see them."""
+def _keyless_and_repeated(db: Database, tmp_path: Path) -> Path:
+    """A fifth source whose key may be null or repeat: Dee's sales 1 (its key to be made
+    null), and 2 twice; the config that registers it."""
     create_sources(db)
     config = create_source4(db, tmp_path)
     sql(db, "alter table source4.shop_orders drop constraint shop_orders_pkey")
@@ -193,6 +191,15 @@ def test_rows_without_a_key_or_with_a_repeated_key_are_pulled_every_run(
     add_source4_sale(db, 1, 1, "dee@shop.example", "Dee", D(2024, 4, 1), "done", 80)
     add_source4_sale(db, 2, 1, "dee@shop.example", "Dee", D(2024, 4, 2), "done", 90)
     add_source4_sale(db, 2, 1, "dee@shop.example", "Dee", D(2024, 4, 3), "done", 95)
+    return config
+
+
+def test_rows_without_a_key_or_with_a_repeated_key_are_pulled_every_run(
+    db: Database, tmp_path: Path
+) -> None:
+    """They have no hash of their own; each run reads them again, and they stay in
+    quarantine once, however many runs see them."""
+    config = _keyless_and_repeated(db, tmp_path)
     sql(db, "update source4.shop_orders set sale_no = null where amount = 80")
     run(db, config=config)
     quarantined = query(db, "select source_order_id, reasons from craftmart.quarantine"
@@ -218,13 +225,7 @@ def test_a_repeated_key_or_keyless_rows_gone_from_their_source_leave_the_warehou
 ) -> None:
     """Neither has a stored hash, so the comparison alone cannot see it go: the run
     finds them in the quarantine and pulls them again, finding nothing."""
-    create_sources(db)
-    config = create_source4(db, tmp_path)
-    sql(db, "alter table source4.shop_orders drop constraint shop_orders_pkey")
-    sql(db, "alter table source4.shop_orders alter column sale_no drop not null")
-    add_source4_sale(db, 1, 1, "dee@shop.example", "Dee", D(2024, 4, 1), "done", 80)
-    add_source4_sale(db, 2, 1, "dee@shop.example", "Dee", D(2024, 4, 2), "done", 90)
-    add_source4_sale(db, 2, 1, "dee@shop.example", "Dee", D(2024, 4, 3), "done", 95)
+    config = _keyless_and_repeated(db, tmp_path)
     # the same customer, named otherwise on an older order: the repeated key's copy
     # that loads holds her latest name until it goes
     add_source4_sale(db, 3, 2, "dee@shop.example", "Dee B", D(2024, 3, 30), "done", 70)

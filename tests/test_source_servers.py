@@ -421,7 +421,7 @@ def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.mark.slow
-@settings(max_examples=5, deadline=None,
+@settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(initial=st.lists(new_orders(), min_size=2, max_size=8),
        steps=st.lists(STEPS, min_size=3, max_size=6))

@@ -4,7 +4,7 @@ set-based."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import polars as pl
@@ -256,6 +256,12 @@ def write_dimensions(conn: Connection, current: Warehouse, diff: WarehouseDiff) 
 _ORDER_COLUMNS = ["source_name", "source_order_id", *ORDER_ID_ATTRS]
 
 
+def _assigned_from_staged(columns: Iterable[str]) -> str:
+    """An UPDATE's ``column = staged.column`` for each of ``columns``, and the run's
+    load_dttm."""
+    return ", ".join([*(f"{c} = staged.{c}" for c in columns), f"load_dttm = {RUN_TS}"])
+
+
 def write_orders(conn: Connection, diff: TableDiff) -> None:
     """Apply one partition's order diff (by natural key, with the ids orders point to).
 
@@ -296,15 +302,7 @@ def write_orders(conn: Connection, diff: TableDiff) -> None:
                     or f.craftsman_id <> staged.craftsman_id
             )
 
-            update dwh.f_order as f set
-                product_id = staged.product_id,
-                craftsman_id = staged.craftsman_id,
-                customer_id = staged.customer_id,
-                order_created_date = staged.order_created_date,
-                order_completion_date = staged.order_completion_date,
-                order_status = staged.order_status,
-                product_price = staged.product_price,
-                load_dttm = {RUN_TS}
+            update dwh.f_order as f set {_assigned_from_staged(ORDER_ID_ATTRS)}
             from {staged} as staged
             where f.source_name = staged.source_name
                 and f.source_order_id = staged.source_order_id
@@ -366,13 +364,7 @@ def _update_distributed_orders(conn: Connection, updates: pl.DataFrame) -> None:
         conn,
         f"""
         update dwh.f_order as f set
-            product_id = staged.product_id,
-            craftsman_id = staged.craftsman_id,
-            order_created_date = staged.order_created_date,
-            order_completion_date = staged.order_completion_date,
-            order_status = staged.order_status,
-            product_price = staged.product_price,
-            load_dttm = {RUN_TS}
+            {_assigned_from_staged(a for a in ORDER_ID_ATTRS if a != "customer_id")}
         from {staged} as staged
         where {same_order} and f.customer_id = staged.customer_id
             and f.load_dttm is distinct from {RUN_TS}
