@@ -98,12 +98,7 @@ def is_distributed(conn: Connection) -> bool:
     # two queries: a relation a query names must exist, however its logic short-circuits
     if not fetch_value(conn, "select to_regclass('pg_catalog.pg_dist_partition') is not null"):
         return False
-    return bool(fetch_value(conn, """
-        select exists (
-            select from pg_catalog.pg_dist_partition
-            where logicalrelid = to_regclass('dwh.f_order')
-        )
-    """))
+    return _in_cluster(conn, "dwh.f_order")
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -166,6 +166,21 @@ def _create_scope_table(conn: Connection, table: str, query: str) -> None:
     execute(conn, f"analyze pg_temp.scope_{table}")
 
 
+#: The dimensions and their ids, as ``_latest_unchanged`` walks them.
+_ENTITY_IDS = (("d_craftsman", "craftsman_id"), ("d_customer", "customer_id"),
+               ("d_product", "product_id"))
+
+
+def _keys_of_latest(conn: Connection, rank_rows: str, latest: list[str]) -> pl.DataFrame:
+    """The order keys the ``latest`` selects (one per dimension) name, together; they
+    read the sources' ranks as ``ranks``."""
+    return fetch_frame(
+        conn,
+        f"with ranks (source_name, source_rank) as (values {rank_rows})\n"
+        + "\nunion\n".join(latest),
+    ).cast({"source_name": pl.String, "source_order_id": pl.Int64})
+
+
 def _latest_unchanged(conn: Connection, keys: str, ranks: dict[str, int]) -> pl.DataFrame:
     """For every touched entity (the ``pg_temp.scope_d_*`` tables), the key of its most
     recent order (by ``RECENCY``) among those not in ``keys``: a walk down the entity's
@@ -191,14 +206,9 @@ def _latest_unchanged(conn: Connection, keys: str, ranks: dict[str, int]) -> pl.
             limit 1
         ) as latest
         """
-        for table, entity_id in (("d_craftsman", "craftsman_id"), ("d_customer", "customer_id"),
-                                 ("d_product", "product_id"))
+        for table, entity_id in _ENTITY_IDS
     ]
-    return fetch_frame(
-        conn,
-        f"with ranks (source_name, source_rank) as (values {rank_rows})\n"
-        + "\nunion\n".join(latest),
-    ).cast({"source_name": pl.String, "source_order_id": pl.Int64})
+    return _keys_of_latest(conn, rank_rows, latest)
 
 
 def _latest_unchanged_distributed(conn: Connection, keys: str, rank_rows: str) -> pl.DataFrame:
@@ -226,14 +236,9 @@ def _latest_unchanged_distributed(conn: Connection, keys: str, rank_rows: str) -
         ) as ranked
         where recency = 1
         """
-        for table, entity_id in (("d_craftsman", "craftsman_id"), ("d_customer", "customer_id"),
-                                 ("d_product", "product_id"))
+        for table, entity_id in _ENTITY_IDS
     ]
-    return fetch_frame(
-        conn,
-        f"with ranks (source_name, source_rank) as (values {rank_rows})\n"
-        + "\nunion\n".join(latest),
-    ).cast({"source_name": pl.String, "source_order_id": pl.Int64})
+    return _keys_of_latest(conn, rank_rows, latest)
 
 
 def write_dimensions(conn: Connection, current: Warehouse, diff: WarehouseDiff) -> SurrogateIds:
