@@ -5,6 +5,9 @@
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.craftmart-installed
+# test processes (pytest-xdist), each with its own embedded PostgreSQL: one per CPU, at
+# most 4; `make test TEST_JOBS=0` runs the suite in this one process
+TEST_JOBS ?= auto
 
 .PHONY: demo test install
 
@@ -12,7 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/craftmart-batch demo
 
 test: $(STAMP)
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_JOBS) --maxprocesses 4 --dist loadgroup $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -44,6 +44,10 @@ from craftmart_batch.errors import CraftmartError
 
 ray = pytest.importorskip("ray")
 
+# one test process runs them all (make test's -n): a Ray of their own at a time, and
+# the tasks they kill are found among every process of the machine
+pytestmark = pytest.mark.xdist_group("ray")
+
 TASK_TITLE = b"ray::compute_partition"
 
 
