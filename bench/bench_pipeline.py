@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from craftmart_batch import citus
 from craftmart_batch._database import (
     Database,
     connect,
@@ -263,6 +264,9 @@ def fresh_database(server: Database, name: str) -> Database:
 
 def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
     info = machine(server, bool(args.dsn))
+    cluster = citus.nodes(server) if args.dsn else None
+    if cluster:
+        info["citus_workers"] = len(cluster) - 1
     print(f"{info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gb']} GB, "
           f"PostgreSQL {info['postgres_major']}, Python {info['python']}, "
           f"polars {info['polars']}", flush=True)
@@ -270,13 +274,17 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for orders in args.orders:
         name = f"craftmart_bench_{orders}"
-        admin = connect(server.with_dbname("postgres"), autocommit=True)
-        try:
-            admin.cursor().execute(f"drop database if exists {name} with (force)")
-        finally:
-            admin.close()
-        db = server.with_dbname(name)
-        ensure_database(db)
+        if cluster:  # on every node, with the extension, the workers registered
+            citus.drop_database(server, name, cluster)
+            db = citus.create_database(server, name)
+        else:
+            admin = connect(server.with_dbname("postgres"), autocommit=True)
+            try:
+                admin.cursor().execute(f"drop database if exists {name} with (force)")
+            finally:
+                admin.close()
+            db = server.with_dbname(name)
+            ensure_database(db)
         print(f"== {orders:,} orders ==", flush=True)
         run_opts, gen_opts, setup = ["--dsn", db.libpq_uri(), *config], None, None
         if args.sources == "apart":  # the sources in a database of their own
@@ -315,7 +323,9 @@ def main() -> int:
                         help="row shape of the generated sources: real (default) or narrow")
     parser.add_argument("--dsn", default=None,
                         help="server to use; a craftmart_bench_N database is dropped and "
-                             "created on it per size (default: a temporary embedded server)")
+                             "created on it per size (default: a temporary embedded server);"
+                             " a Citus coordinator's database with the extension: on every"
+                             " node")
     parser.add_argument("--config", type=Path, default=None,
                         help="config.toml passed to every craftmart-batch command")
     parser.add_argument("--memory-budget", default=None,

@@ -13,8 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from craftmart_batch import pipeline
-from craftmart_batch._database import Database, connect, connection, quote_ident
+from craftmart_batch import citus, pipeline
+from craftmart_batch._database import Database, connect, connection
 from craftmart_batch._sql import execute, execute_script, fetch_frame, fetch_value
 from craftmart_batch.config import Settings, load_settings
 
@@ -54,21 +54,7 @@ DEFAULT_ORDER: dict[str, Any] = {
 
 @functools.cache
 def _citus_nodes(params: tuple[tuple[str, str], ...]) -> tuple[tuple[str, int], ...] | None:
-    """On a Citus coordinator (the citus extension installed in the server's admin
-    database): its own node first, then its workers, as (host, port) from
-    ``pg_dist_node``. None on a plain PostgreSQL server."""
-    with connection(Database(dict(params)), autocommit=True) as conn:
-        if fetch_value(conn, "select count(*) from pg_available_extensions"
-                             " where name = 'citus' and installed_version is not null") == 0:
-            return None
-        nodes = fetch_frame(conn, "select groupid, nodename, nodeport from pg_dist_node"
-                                  " where noderole = 'primary' order by groupid, nodeport")
-    coordinator = nodes.filter(pl.col("groupid") == 0)
-    workers = nodes.filter(pl.col("groupid") != 0)
-    own = ((str(coordinator["nodename"][0]), int(coordinator["nodeport"][0]))
-           if not coordinator.is_empty() else ("127.0.0.1", 5432))
-    return (own, *((str(h), int(p)) for h, p in workers.select("nodename", "nodeport")
-                   .iter_rows()))
+    return citus.nodes(Database(dict(params)))
 
 
 def citus_nodes(server: Database) -> tuple[tuple[str, int], ...] | None:
@@ -76,48 +62,15 @@ def citus_nodes(server: Database) -> tuple[tuple[str, int], ...] | None:
     return _citus_nodes(tuple(sorted(server.params.items())))
 
 
-def _on_node(server: Database, host: str, port: int, dbname: str) -> Database:
-    return Database({**server.params, "host": host, "port": str(port), "dbname": dbname})
-
-
 def create_database(server: Database, name: str) -> Database:
     """A new empty database ``name`` on ``server``; on a Citus coordinator, on every node,
     with the citus extension in each and the workers registered with the coordinator."""
-    with connection(server, autocommit=True) as conn:
-        execute(conn, f"create database {quote_ident(name)}")
-    db = server.with_dbname(name)
-    nodes = citus_nodes(server)
-    if nodes is None:
-        return db
-    coordinator, *workers = nodes
-    try:
-        for host, port in workers:
-            with connection(_on_node(server, host, port, "postgres"), autocommit=True) as conn:
-                execute(conn, f"create database {quote_ident(name)}")
-            with connection(_on_node(server, host, port, name), autocommit=True) as conn:
-                execute(conn, "create extension citus")
-        with connection(db, autocommit=True) as conn:
-            execute(conn, "create extension citus")
-            execute(conn, "select citus_set_coordinator_host($1, $2::int)", coordinator)
-            for worker in workers:
-                execute(conn, "select citus_add_node($1, $2::int)", worker)
-    except BaseException:
-        drop_database(server, name)
-        raise
-    return db
+    return citus.create_database(server, name)
 
 
 def drop_database(server: Database, name: str) -> None:
     """Drop ``name`` (``create_database``), with its replication slots, on every node."""
-    with connection(server, autocommit=True) as conn:
-        # a database with a replication slot (change capture) cannot be dropped
-        execute(conn, "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-                      " where database = $1", (name,))
-        # with (force): a test may leave connections open, which must not leak the db
-        execute(conn, f"drop database if exists {quote_ident(name)} with (force)")
-    for host, port in (citus_nodes(server) or ())[1:]:
-        with connection(_on_node(server, host, port, "postgres"), autocommit=True) as conn:
-            execute(conn, f"drop database if exists {quote_ident(name)} with (force)")
+    citus.drop_database(server, name, citus_nodes(server))
 
 
 def create_sources(db: Database) -> None:

@@ -24,7 +24,7 @@ from helpers import (
 )
 
 from craftmart_batch import citus
-from craftmart_batch._database import Database
+from craftmart_batch._database import Database, connect
 from craftmart_batch.errors import CraftmartError
 
 D = dt.date
@@ -151,6 +151,42 @@ def test_citus_on_without_the_extension_is_refused(
     on.write_text('[database]\ncitus = "on"\n')
     with pytest.raises(CraftmartError, match="citus extension is not installed"):
         run(db, config=on)
+
+
+def test_the_busiest_entity_is_estimated_from_the_shards_statistics(
+    cluster_db: Database,
+) -> None:
+    """The memory plan needs the busiest customer's or craftsman's order count; the
+    coordinator holds no statistics of a distributed table, its shards do."""
+    add_order(cluster_db, "source1", customer_email="busy@x.example",
+              craftsman_email="maker@x.example")
+    wide = ("craftsman_name, craftsman_address, craftsman_birthday, craftsman_email,"
+            " product_name, product_description, product_type, product_price,"
+            " order_created_date, order_completion_date, order_status, customer_name,"
+            " customer_address, customer_birthday")
+    # 59 more orders of the busy customer with the same craftsman; 40 other customers
+    # with one order each from another craftsman
+    sql(cluster_db, f"""
+        insert into source1.craft_market_wide ({wide}, customer_email)
+        select {wide}, customer_email from source1.craft_market_wide,
+            generate_series(1, 59)
+    """)
+    sql(cluster_db, f"""
+        insert into source1.craft_market_wide ({wide}, customer_email)
+        select {wide.replace("craftsman_email", "'other@x.example'")},
+            'c' || g || '@x.example'
+        from generate_series(1, 40) as g,
+            (select * from source1.craft_market_wide limit 1) as w
+    """)
+    run(cluster_db)  # analyses the shards after its commit
+    conn = connect(cluster_db)
+    try:
+        busiest = citus.largest_entity_orders(conn)
+    finally:
+        conn.close()
+    # the busy customer's 60 on one shard; the craftsmen summed over the shards: at
+    # most every order
+    assert 60 <= busiest <= 100, busiest
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1244,17 +1244,24 @@ def _runs(db: Database) -> int:
     return int(query(db, "select count(*) from craftmart.runs where outcome = 'success'").item())
 
 
+#: the database's other client backends: on Citus, not the maintenance daemon (a
+#: background worker) and its connections (2PC recovery, deadlock detection)
+_OTHER_CLIENTS = ("from pg_stat_activity where datname = current_database()"
+                  " and pid <> pg_backend_pid() and backend_type = 'client backend'"
+                  " and application_name not like 'citus\\_internal%'")
+
+
 def _wait_for_backends_to_end(db: Database, timeout: float = 60.0) -> None:
     """A killed client's server backend ends (rolling back) once it notices; wait for it."""
     deadline = time.monotonic() + timeout
     with connection(db, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            others = fetch_value(conn, "select count(*) from pg_stat_activity where datname ="
-                                       " current_database() and pid <> pg_backend_pid()")
+            others = fetch_value(conn, f"select count(*) {_OTHER_CLIENTS}")
             if others == 0:
                 return
             time.sleep(0.02)
-    raise AssertionError("the killed run's server backend did not end")
+        left = fetch_frame(conn, f"select pid, application_name, state, query {_OTHER_CLIENTS}")
+    raise AssertionError(f"the killed run's server backend did not end: {left}")
 
 
 def _cli(db: Database, *args: str) -> list[str]:

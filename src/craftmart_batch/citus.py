@@ -30,10 +30,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import polars as pl
+
 from ._database import (
     Database,
     close_quietly,
     connect,
+    connection,
     first_line,
     quote_ident,
     quote_literal,
@@ -181,6 +184,30 @@ def estimated_rows(conn: Connection) -> Callable[[str], str]:
         " where oid = '%s'::regclass$$) where success)")
 
 
+def largest_entity_orders(conn: Connection) -> int:
+    """About how many orders the busiest customer or craftsman has, from the shards'
+    statistics (the coordinator has none of a distributed table). ``f_order`` is
+    distributed by customer: a customer's orders are on one shard, so the busiest
+    customer is the largest of the shards' busiest; a craftsman's orders are spread
+    over every shard, so the shards' busiest craftsmen are added up (an upper bound)."""
+    def busiest(column: str) -> str:
+        return ("run_command_on_shards('dwh.f_order', $$select coalesce(max("
+                "s.most_common_freqs[1] * greatest(c.reltuples, 0)), 0)::bigint"
+                " from pg_stats as s inner join pg_class as c on c.oid = '%s'::regclass"
+                " inner join pg_namespace as n on n.oid = c.relnamespace"
+                " where s.schemaname = n.nspname and s.tablename = c.relname"
+                f" and s.attname = '{column}'$$)")
+
+    value = fetch_value(conn, f"""
+        select greatest(
+            (select max(nullif(result, '')::bigint) from {busiest("customer_id")}
+             where success),
+            (select sum(nullif(result, '')::bigint) from {busiest("craftsman_id")}
+             where success))
+    """)
+    return int(value or 0)
+
+
 def analyze_cluster_tables(conn: Connection) -> list[str]:
     """After a run's commit on Citus: ANALYZE the distributed and reference tables (their
     shards, on the workers) in a transaction of its own, which the run could not do in
@@ -266,3 +293,68 @@ def move(settings: Settings, db: Database) -> list[str]:
         raise
     finally:
         close_quietly(conn)
+
+
+def nodes(server: Database) -> tuple[tuple[str, int], ...] | None:
+    """The Citus nodes behind ``server`` as (host, port), coordinator first, from
+    ``pg_dist_node`` of ``server``'s database; None without the citus extension there."""
+    with connection(server, autocommit=True) as conn:
+        if installed_version(conn) is None:
+            return None
+        found = fetch_frame(conn, "select groupid, nodename, nodeport from pg_dist_node"
+                                  " where noderole = 'primary' order by groupid, nodeport")
+    own = found.filter(pl.col("groupid") == 0)
+    workers = found.filter(pl.col("groupid") != 0)
+    coordinator = ((str(own["nodename"][0]), int(own["nodeport"][0])) if not own.is_empty()
+                   else (server.params.get("host", "127.0.0.1"),
+                         int(server.params.get("port", 5432))))
+    return (coordinator, *((str(h), int(p)) for h, p in
+                           workers.select("nodename", "nodeport").iter_rows()))
+
+
+def _on_node(server: Database, node: tuple[str, int], dbname: str) -> Database:
+    return Database({**server.params, "host": node[0], "port": str(node[1]), "dbname": dbname})
+
+
+def create_database(server: Database, name: str) -> Database:
+    """A new empty database ``name`` beside ``server``'s; when ``server`` is a Citus
+    coordinator's database, on every node, with the extension in each and the workers
+    registered with the coordinator (a warehouse ready for ``distribute``). For tests and
+    benchmarks; a cluster's own databases are its operators' business."""
+    with connection(server, autocommit=True) as conn:
+        execute(conn, f"create database {quote_ident(name)}")
+    db = server.with_dbname(name)
+    cluster = nodes(server)
+    if cluster is None:
+        return db
+    coordinator, *workers = cluster
+    try:
+        for worker in workers:
+            with connection(_on_node(server, worker, "postgres"), autocommit=True) as conn:
+                execute(conn, f"create database {quote_ident(name)}")
+            with connection(_on_node(server, worker, name), autocommit=True) as conn:
+                execute(conn, "create extension citus")
+        with connection(db, autocommit=True) as conn:
+            execute(conn, "create extension citus")
+            execute(conn, "select citus_set_coordinator_host($1, $2::int)", coordinator)
+            for worker in workers:
+                execute(conn, "select citus_add_node($1, $2::int)", worker)
+    except BaseException:
+        drop_database(server, name, cluster)
+        raise
+    return db
+
+
+def drop_database(server: Database, name: str,
+                  cluster: tuple[tuple[str, int], ...] | None = None) -> None:
+    """Drop ``name`` (``create_database``), its replication slots first, on ``server``
+    and on the workers of ``cluster`` (``nodes(server)``)."""
+    with connection(server, autocommit=True) as conn:
+        # a database with a replication slot (change capture) cannot be dropped
+        execute(conn, "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                      " where database = $1", (name,))
+        # with (force): connections left open must not keep the database
+        execute(conn, f"drop database if exists {quote_ident(name)} with (force)")
+    for worker in (cluster or ())[1:]:
+        with connection(_on_node(server, worker, "postgres"), autocommit=True) as conn:
+            execute(conn, f"drop database if exists {quote_ident(name)} with (force)")

@@ -181,6 +181,8 @@ def _source_rows(db: Database, settings: Settings) -> int:
 def _largest_entity_orders(conn: Connection) -> int:
     """About how many orders the busiest customer or craftsman has (planner statistics;
     0 before the first analyze)."""
+    if citus.is_distributed(conn):
+        return citus.largest_entity_orders(conn)
     value = fetch_value(conn, """
         select max(s.most_common_freqs[1] * greatest(c.reltuples, 0))::bigint
         from pg_stats as s

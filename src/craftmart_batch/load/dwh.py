@@ -213,8 +213,9 @@ def _latest_unchanged(conn: Connection, keys: str, ranks: dict[str, int]) -> pl.
 
 def _latest_unchanged_distributed(conn: Connection, keys: str, rank_rows: str) -> pl.DataFrame:
     """``_latest_unchanged`` on Citus, which cannot correlate a temporary table with a
-    distributed one (a lateral join): the touched entities' unchanged orders ranked by
-    recency, per entity, the first of each kept. Distributed by customer_id, the
+    distributed one (a lateral join): the touched entities' unchanged orders (an outer
+    join's misses: NOT IN of a subquery is a subplan per row once it outgrows work_mem)
+    ranked by recency, per entity, the first of each kept. Distributed by customer_id, the
     customers' ranking runs in their shards; the craftsmen's and products' is finished
     on the coordinator."""
     latest = [
@@ -229,10 +230,10 @@ def _latest_unchanged_distributed(conn: Connection, keys: str, rank_rows: str) -
                 ) as recency
             from dwh.f_order as f
             inner join ranks as r on r.source_name = f.source_name
+            left join (select source_name, source_order_id from {keys}) as k
+                on k.source_name = f.source_name and k.source_order_id = f.source_order_id
             where f.{entity_id} in (select {entity_id} from pg_temp.scope_{table})
-                and (f.source_name, f.source_order_id) not in (
-                    select source_name, source_order_id from {keys}
-                )
+                and k.source_name is null
         ) as ranked
         where recency = 1
         """

@@ -180,8 +180,7 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
         orders_read += orders.height
         rows = mart.compute(orders)
         del orders
-        counts = _write_rows(conn, mart, rows, f"where {only(f'm.{entity}')}",
-                             first_build=first_build)
+        counts = _write_rows(conn, mart, rows, only, first_build=first_build)
         inserted, updated, deleted = (inserted + counts[0], updated + counts[1],
                                       deleted + counts[2])
     if first_build:
@@ -192,9 +191,11 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
 
 
 def _write_rows(
-    conn: Connection, mart: Mart, rows: pl.DataFrame, scope_sql: str, *, first_build: bool
+    conn: Connection, mart: Mart, rows: pl.DataFrame, scope: Callable[[str], str], *,
+    first_build: bool,
 ) -> tuple[int, int, int]:
-    """Upsert rows that differ; delete rows of the scope that the new rows no longer have."""
+    """Upsert rows that differ; delete rows of the scope (``scope``: the condition on an
+    entity id column) that the new rows no longer have."""
     columns = mart.columns
     key = [mart.entity_id, "report_period"]
     if first_build:
@@ -221,22 +222,29 @@ def _write_rows(
         from upserted
         """,
     )
+    entity = mart.entity_id
     if citus.is_distributed(conn):
-        # Citus plans a temporary table only as an uncorrelated subquery
-        stale = (f"and (m.{mart.entity_id}, m.report_period) not in"
-                 f" (select {mart.entity_id}, report_period from {staged})")
+        # Citus reads a temporary table only in an uncorrelated subquery, and NOT IN of
+        # one is a subplan run for every row once it outgrows work_mem: the stale rows
+        # are an outer join's misses, deleted by IN (a join)
+        stale = f"""and (m.{entity}, m.report_period) in (
+                select d.{entity}, d.report_period
+                from {mart.table} as d
+                left join (select {entity}, report_period from {staged}) as s
+                    on s.{entity} = d.{entity} and s.report_period = d.report_period
+                where s.{entity} is null and {scope(f"d.{entity}")}
+            )"""
     else:
         stale = f"""and not exists (
                 select from {staged} as s
-                where s.{mart.entity_id} = m.{mart.entity_id}
-                    and s.report_period = m.report_period
+                where s.{entity} = m.{entity} and s.report_period = m.report_period
             )"""
     deleted = fetch_frame(
         conn,
         f"""
         with stale_rows as (
             delete from {mart.table} as m
-            {scope_sql}
+            where {scope(f"m.{entity}")}
             {stale}
             returning 1
         )
