@@ -635,7 +635,8 @@ def test_changes_committed_while_the_sources_are_pulled_land_whole_in_this_run_o
         with connection(db, autocommit=True) as watcher:
             wait_until(lambda: fetch_value(
                 watcher,
-                "select count(*) from pg_locks where not granted"
+                "select count(*) from pg_locks where not granted and database ="
+                " (select oid from pg_database where datname = current_database())"
                 " and relation = 'source1.craft_market_wide'::regclass") >= 1,
                 "the pull of source1 waits on the lock")
         late2 = add_order(db, "source2", customer_email="cid@buyer.example")

@@ -167,8 +167,10 @@ def test_a_crash_between_the_commit_and_the_slot_advance_loses_and_repeats_nothi
     monkeypatch.setattr(capture, "advance", lambda db, captured: [])
     crashed = run(warehouse, config=config)
     assert crashed.changes == dict.fromkeys(SOURCES, "logical")
+    # slots are the server's: only this shop's (another test may share the server)
     behind = query(shop, "select count(*) from pg_replication_slots as s"
-                         " where s.slot_name like 'cm_%' and s.confirmed_flush_lsn < $1::pg_lsn",
+                         " where s.database = current_database() and s.slot_name like 'cm_%'"
+                         " and s.confirmed_flush_lsn < $1::pg_lsn",
                    (query(warehouse, "select min(lsn)::text from craftmart.capture_state")
                     .item(),))
     assert behind.item() == len(SOURCES)
