@@ -29,7 +29,6 @@ from craftmart_batch import citus
 from craftmart_batch._database import (
     Database,
     connect,
-    ensure_database,
     parse_dsn,
     redact,
     throwaway_embedded,
@@ -247,19 +246,9 @@ def machine(server: Database, dsn_given: bool) -> dict[str, Any]:
 
 def fresh_database(server: Database, name: str) -> Database:
     """``name`` dropped (its replication slots first) and created empty."""
-    admin = connect(server.with_dbname("postgres"), autocommit=True)
-    try:
-        cur = admin.cursor()
-        cur.execute("select count(pg_drop_replication_slot(slot_name)::text)"
-                    " from pg_replication_slots where database = $1", parameters=(name,))
-        cur.fetchall()
-        cur.execute(f"drop database if exists {name} with (force)")
-        cur.close()
-    finally:
-        admin.close()
-    db = server.with_dbname(name)
-    ensure_database(db)
-    return db
+    admin = server.with_dbname("postgres")
+    citus.drop_database(admin, name)
+    return citus.create_database(admin, name)
 
 
 def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
@@ -274,17 +263,9 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for orders in args.orders:
         name = f"craftmart_bench_{orders}"
-        if cluster:  # on every node, with the extension, the workers registered
-            citus.drop_database(server, name, cluster)
-            db = citus.create_database(server, name)
-        else:
-            admin = connect(server.with_dbname("postgres"), autocommit=True)
-            try:
-                admin.cursor().execute(f"drop database if exists {name} with (force)")
-            finally:
-                admin.close()
-            db = server.with_dbname(name)
-            ensure_database(db)
+        # on a Citus coordinator: on every node, with the extension, the workers registered
+        citus.drop_database(server, name, cluster)
+        db = citus.create_database(server, name)
         print(f"== {orders:,} orders ==", flush=True)
         run_opts, gen_opts, setup = ["--dsn", db.libpq_uri(), *config], None, None
         if args.sources == "apart":  # the sources in a database of their own
