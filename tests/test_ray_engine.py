@@ -40,6 +40,7 @@ from test_reliability import CliRun, change_sources, generate_orders
 
 from craftmart_batch._database import Database, connect
 from craftmart_batch._sql import execute
+from craftmart_batch.engine import RayEngine
 from craftmart_batch.errors import CraftmartError
 
 ray = pytest.importorskip("ray")
@@ -53,8 +54,9 @@ TASK_TITLE = b"ray::compute_partition"
 
 @pytest.fixture(scope="module")
 def ray_here() -> Iterator[None]:
-    """A Ray with two CPUs in this process, which every in-process run then uses."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    """A Ray with two CPUs in this process, which every in-process run then uses: a new
+    one ("local"), whatever other Ray this machine runs or last recorded."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, logging_level=logging.ERROR)
     yield
     ray.shutdown()
@@ -328,6 +330,15 @@ def test_a_two_node_cluster_gives_the_warehouse_of_the_local_engine_and_survives
         _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     assert_same(by_ray, local, "after a node was lost")
+
+    # the cluster runs and is recorded in /tmp/ray as this machine's latest: a run
+    # with no address still starts a Ray of its own (one node), not joins it
+    engine = RayEngine.connect("", retries=0)
+    try:
+        assert [node["Alive"] for node in ray.nodes()] == [True]
+    finally:
+        engine.close()
+    assert not ray.is_initialized()
 
 
 # --------------------------------------------------------------------------- refusals

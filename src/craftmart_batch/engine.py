@@ -93,8 +93,11 @@ class RayEngine:
             # run's own handlers (``_signals``: cancel, roll back, one line) are put back
             saved = _stop_handlers()
             try:
-                # the workers log to files of their own, not to this terminal
-                ray.init(address=address or None, include_dashboard=False,
+                # the workers log to files of their own, not to this terminal. No
+                # address: a Ray of the run's own ("local"), never one that happens to
+                # run on this machine (which Ray would otherwise join: the last one
+                # `ray start` or a test cluster recorded in /tmp/ray)
+                ray.init(address=address or "local", include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR,
                          configure_logging=False)
             except Exception as exc:  # ConnectionError, a version mismatch...
