@@ -171,3 +171,16 @@ def database_error(exc: BaseException, doing: str) -> CraftmartError:
     server = re.search(r"ERROR:\s+(\S.*)", text)
     message = server.group(1).strip() if server else first_line(text)
     return CraftmartError(f"{doing} failed: {message}")
+
+
+def append_temporary(conn: Connection, name: str, frame: pl.DataFrame) -> str:
+    """Append a frame to a temporary table, created by the first append (binary COPY,
+    streamed slice by slice); return its quoted name. Not analysed: the caller does,
+    once the appends are done."""
+    cur = conn.cursor()
+    try:
+        cur.adbc_ingest(name, arrow_stream(frame), mode="create_append", temporary=True)
+    finally:
+        cur.close()
+    checkpoint()
+    return f"pg_temp.{quote_ident(name)}"

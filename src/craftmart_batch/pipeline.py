@@ -222,8 +222,6 @@ def _load(
         computing.close()  # a run stopped midway: the engine drops the work ahead
     dims = stages.resolve_dimensions(conn, db, settings, plan, found,
                                      lambda name: _stage(report, name, progress))
-    with _stage(report, "write", progress):
-        stages.stage_product_ids(conn, dims)
     orders = {"inserted": 0, "updated": 0, "deleted": 0}
     bulk = plan.first_load and found.staged_orders >= dwh.BULK_LOAD_ROWS
     with dwh.bulk_load(conn, enabled=bulk):
@@ -234,6 +232,8 @@ def _load(
     with _stage(report, "write", progress):
         stages.finish(conn, settings, plan, dims)
     report.pulled = found.pulled
+    report.dimension_ranges = found.dimension_ranges
+    report.spilled_candidates = sum(found.spilled.values())
     report.dwh = stages.dwh_counts(dims, orders)
     report.quarantine = found.quarantine
     report.sources = stages.source_counts(conn, settings, plan, found)

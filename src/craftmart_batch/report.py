@@ -53,8 +53,12 @@ def run_summary(report: RunReport) -> str:
         f"run {report.run_ts} finished in {total:.1f}s",
         "",
         f"source rows pulled: {_pull(report.pull, report.pull_reason)}",
-        f"partitions: {report.partitions} of the order keys, {report.mart_groups} of the"
-        f" marts' entities (memory budget {report.memory_budget_mb} MB)"
+        f"partitions: {report.partitions} of the order keys,"
+        + (f" {report.dimension_ranges} of the dimensions' keys"
+           f" ({report.spilled_candidates:,} candidates spilled),"
+           if report.dimension_ranges > 1 else "")
+        + f" {report.mart_groups} of the marts' entities"
+        f" (memory budget {report.memory_budget_mb} MB)"
         + (f", computed as Ray tasks (largest task peak {report.task_peak_rss_mb} MB)"
            if report.engine == "ray" else ""),
         "",

@@ -16,19 +16,21 @@ the dimension rows of the run.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import resource
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
 from . import citus
 from ._database import Database, quote_ident, quote_literal
 from ._sizes import format_size
-from ._sql import Connection, execute, fetch_frame, fetch_value, stage
+from ._sql import Connection, append_temporary, execute, fetch_frame, fetch_value, stage
 from .config import Settings, Source
 from .errors import CraftmartError
 from .extract import hashes as row_hashes
@@ -37,9 +39,8 @@ from .load import dwh, runs
 from .load.quarantine import write_quarantine
 from .transform import partition as parts
 from .transform.changes import SourceDelta, rows_per_source
-from .transform.diff import WarehouseDiff, diff_dimensions, diff_table
+from .transform.diff import TableDiff, diff_dimensions, diff_table
 from .transform.identity import (
-    SurrogateIds,
     Warehouse,
 )
 from .transform.validate import ORDER_KEY, validate
@@ -205,6 +206,26 @@ class Collected:
     quarantined: dict[str, int] = field(default_factory=dict)
     quarantine: dict[str, int] = field(default_factory=lambda: {"left": 0, "arrived": 0})
     staged_orders: int = 0
+    #: ranges of their keys the dimensions were resolved in (the most of the three)
+    dimension_ranges: int = 1
+    #: candidate rows spilled to the warehouse per dimension (``spill``), and the
+    #: schema each dimension's were spilled with
+    spilled: dict[str, int] = field(default_factory=dict)
+    spill_schemas: dict[str, pl.Schema] = field(default_factory=dict)
+
+    def spill(self, conn: Connection) -> None:
+        """Move the pool's candidates, reduced, to the run's temporary tables
+        (``run_candidates_*``) and empty the pool: what the dimensions resolve in
+        ranges of their keys (``resolve_dimensions``)."""
+        found = self.candidates.reduce()
+        for name in parts.DIMENSIONS:
+            frame = getattr(found, name)
+            if frame.is_empty():
+                continue
+            schema = self.spill_schemas.setdefault(name, frame.schema)
+            append_temporary(conn, _candidates_table(name), frame.cast(dict(schema)))
+            self.spilled[name] = self.spilled.get(name, 0) + frame.height
+        self.candidates = parts.CandidatePool.empty()
 
 
 def _add(counts: dict[str, int], more: dict[str, int]) -> None:
@@ -214,6 +235,10 @@ def _add(counts: dict[str, int], more: dict[str, int]) -> None:
 
 def _staged_orders_table(partition: int) -> str:
     return f"run_orders_{partition}"
+
+
+def _candidates_table(name: str) -> str:
+    return f"run_candidates_{name}"
 
 
 Step = Callable[[str], AbstractContextManager[None]]
@@ -311,26 +336,62 @@ def apply_partition(
     if not (isinstance(scope, pl.DataFrame) and scope.is_empty()):
         _add(found.quarantine, write_quarantine(conn, result.quarantine, scope=scope))
     found.candidates.add(result.candidates)
+    if run_plan.mode == EVERYTHING and found.candidates.rows > run_plan.sizing.pool_rows:
+        found.spill(conn)
     stage(conn, _staged_orders_table(partition), result.orders,
           analyze=("craftsman_email", "customer_email"))
     found.staged_orders += result.orders.height
 
 
-@dataclass(frozen=True)
+@dataclass
 class Dimensions:
-    """The dimensions as written: what they were (the whole or the touched part), the
-    diff applied, and every id the staged orders need."""
+    """The dimensions as written, in one piece or range by range: what changed, the ids
+    to delete once no order points to them, and the entities whose change reaches the
+    marts through their orders (``dwh.mart_touches``)."""
 
-    current: Warehouse
-    diff: WarehouseDiff
-    ids: SurrogateIds
+    counts: dict[str, dict[str, int]] = field(default_factory=lambda: {
+        table: {"inserted": 0, "updated": 0, "deleted": 0} for table in dwh.ENTITY_ID})
+    deleted: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: {
+        table: [] for table in dwh.ENTITY_ID})
+    touched: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: {
+        "d_product": [], "d_customer": []})
+
+    def add(self, table: str, current: pl.DataFrame, diff: TableDiff,
+            ids: pl.DataFrame) -> None:
+        """One dimension's (or one range of it) diff, as written; ``ids`` are its
+        entities' ids after the write."""
+        counts = self.counts[table]
+        counts["inserted"] += diff.inserted
+        counts["updated"] += diff.updated
+        counts["deleted"] += diff.deleted.height
+        if not diff.deleted.is_empty():
+            self.deleted[table].append(diff.deleted.select(dwh.ENTITY_ID[table]))
+        if table in self.touched:
+            touched = dwh.mart_touches(table, current, diff, ids)
+            if not touched.is_empty():
+                self.touched[table].append(touched)
+
+    def finish(self, conn: Connection) -> None:
+        """Delete the entities no order points to any more; log the mart touches."""
+        def ids(frames: list[pl.DataFrame], column: str) -> pl.DataFrame:
+            return pl.concat(frames) if frames else pl.DataFrame(schema={column: pl.Int64})
+
+        dwh.finish_dimensions(
+            conn, {table: ids(frames, dwh.ENTITY_ID[table])
+                   for table, frames in self.deleted.items()},
+            retyped=ids(self.touched["d_product"], "product_id"),
+            reborn=ids(self.touched["d_customer"], "customer_id"))
 
 
 def resolve_dimensions(
     conn: Connection, db: Database, settings: Settings, run_plan: Plan, found: Collected,
     step: Step,
 ) -> Dimensions:
-    """Reduce the candidates to the dimensions' target rows; write what differs."""
+    """Reduce the candidates to the dimensions' target rows; write what differs; stage
+    every product's id for the orders (``run_product_ids``). Candidates spilled to the
+    warehouse are resolved in ranges of their keys (``_resolve_in_ranges``)."""
+    if found.spilled:
+        return _resolve_in_ranges(conn, found, run_plan.sizing.pool_rows, step)
     with step("dedup"):
         named = found.candidates.reduce()
         if run_plan.mode == EVERYTHING:
@@ -341,7 +402,143 @@ def resolve_dimensions(
     with step("diff"):
         diff = diff_dimensions(current, target)
     with step("write"):
-        return Dimensions(current, diff, dwh.write_dimensions(conn, current, diff))
+        ids = dwh.write_dimensions(conn, current, diff)
+        dims = Dimensions()
+        for table, now, changes, written in (
+            ("d_craftsman", current.craftsmen, diff.craftsmen, ids.craftsmen),
+            ("d_customer", current.customers, diff.customers, ids.customers),
+            ("d_product", current.products, diff.products, ids.products),
+        ):
+            dims.add(table, now, changes, written)
+        _stage_product_ids(conn, ids.products)
+        _analyze_product_ids(conn)
+    return dims
+
+
+#: Each person dimension: its table's entity and its candidates' name.
+_PEOPLE = (("craftsman", "craftsmen"), ("customer", "customers"))
+
+
+def _resolve_in_ranges(
+    conn: Connection, found: Collected, pool_rows: int, step: Step
+) -> Dimensions:
+    """The dimensions from the candidates spilled to the warehouse, a range of keys at
+    a time, each range read, reduced, diffed and written before the next: people by
+    ranges of their email, products by ranges of their craftsman's id. Ranges go up
+    the key in the order the writes give new ids in (the server's collation), so the
+    ids come out as if everything were written at once. No range holds more candidate
+    rows than the pool did."""
+    found.spill(conn)
+    dims = Dimensions()
+    for person, name in _PEOPLE:
+        email = f"{person}_email"
+        table = f"pg_temp.{_candidates_table(name)}"
+        with step("dedup"):
+            # no index on the email (a btree entry holds at most a third of a page, and
+            # an email's length is the source's): each range scans the table
+            execute(conn, f"analyze {table} ({email})")
+            cuts = _cuts(conn, table, email, _ranges(found, name, pool_rows))
+            found.dimension_ranges = max(found.dimension_ranges, len(cuts) + 1)
+        ids = []
+        for where in _range_conditions(email, cuts):
+            with step("dedup"):
+                current = dwh.read_people(conn, person, where)
+                target = _target(conn, found, name, f"select * from {table} where {where}",
+                                 current)
+            with step("diff"):
+                key, attrs = parts.DIMENSIONS[name]
+                diff = diff_table(current, target, key, attrs)
+            with step("write"):
+                written = dwh.write_people(conn, person, current, diff)
+                dims.add(f"d_{person}", current, diff, written)
+                if person == "craftsman":  # every craftsman's id, for the products
+                    ids.append(written)
+                    append_temporary(conn, "run_craftsman_ids", written)
+            del target, current, diff, written
+    craftsmen = "pg_temp.run_craftsman_ids"
+    with step("dedup"):
+        execute(conn, f"create index on {craftsmen} (craftsman_id)")
+        execute(conn, f"analyze {craftsmen}")
+        products = "pg_temp.run_candidates_products_of"
+        execute(conn, f"""
+            create temporary table run_candidates_products_of as
+            select p.*, c.craftsman_id
+            from pg_temp.{_candidates_table("products")} as p
+            inner join {craftsmen} as c on c.craftsman_email = p.craftsman_email
+        """)
+        execute(conn, f"create index on {products} (craftsman_id)")
+        execute(conn, f"analyze {products} (craftsman_id)")
+        cuts = _cuts(conn, products, "craftsman_id", _ranges(found, "products", pool_rows))
+        found.dimension_ranges = max(found.dimension_ranges, len(cuts) + 1)
+    for where in _range_conditions("craftsman_id", cuts):
+        with step("dedup"):
+            owners = fetch_frame(conn, f"select craftsman_id, craftsman_email"
+                                       f" from {craftsmen} where {where}")
+            current = dwh.read_products(conn, where, owners)
+            target = _target(conn, found, "products",
+                             f"select * from {products} where {where}", current)
+        with step("diff"):
+            key, attrs = parts.DIMENSIONS["products"]
+            diff = diff_table(current, target, key, attrs)
+        with step("write"):
+            written = dwh.write_products(conn, current, diff, owners)
+            dims.add("d_product", current, diff, written)
+            _stage_product_ids(conn, dwh.without_deleted(written, diff, key))
+        del target, current, diff, written, owners
+    with step("write"):
+        _analyze_product_ids(conn)
+    return dims
+
+
+def _ranges(found: Collected, name: str, pool_rows: int) -> int:
+    """How many ranges of its keys a dimension's spilled candidates resolve in: no more
+    candidate rows in one than the pool held."""
+    return max(1, -(-found.spilled.get(name, 0) // pool_rows))
+
+
+def _cuts(conn: Connection, table: str, column: str, ranges: int) -> list[Any]:
+    """``ranges - 1`` values of ``column`` that cut ``table``'s rows into about equal
+    ranges, in the server's order (its collation, for text)."""
+    if ranges <= 1:
+        return []
+    fractions = ", ".join(f"{i / ranges!r}" for i in range(1, ranges))
+    cuts = fetch_frame(conn, f"""
+        select unnest(percentile_disc(array[{fractions}]::float8[])
+                      within group (order by {column})) as cut
+        from {table}
+    """)["cut"].to_list()
+    return [cut for cut in cuts if cut is not None]
+
+
+def _range_conditions(column: str, cuts: list[Any]) -> list[str]:
+    """SQL conditions on ``column``, one per range between ``cuts`` (the first open
+    below, the last open above): every value falls in exactly one."""
+    def literal(value: Any) -> str:
+        return quote_literal(value) if isinstance(value, str) else str(int(value))
+
+    if not cuts:
+        return ["true"]
+    bounds = [None, *cuts, None]
+    conditions = []
+    for low, high in itertools.pairwise(bounds):
+        bound = [f"{column} >= {literal(low)}"] if low is not None else []
+        bound += [f"{column} < {literal(high)}"] if high is not None else []
+        conditions.append(" and ".join(bound))
+    return conditions
+
+
+def _target(
+    conn: Connection, found: Collected, name: str, query: str, current: pl.DataFrame
+) -> pl.DataFrame:
+    """One range of a dimension's spilled candidates (``query``), reduced to its target
+    rows; ``current`` is the range's current rows (the columns of a range without
+    candidates)."""
+    key, attrs = parts.DIMENSIONS[name]
+    rows = fetch_frame(conn, query)
+    schema = found.spill_schemas.get(name)
+    if schema is None or rows.is_empty():
+        return current.select(*key, *attrs).clear()
+    return parts.dimension_rows(name, rows.select(schema.names()).cast(schema))
 
 
 def _touched(
@@ -366,17 +563,24 @@ def _touched(
     return scope.current, scope.restrict(parts.dimensions(named))
 
 
-def stage_product_ids(conn: Connection, dims: Dimensions) -> None:
-    """Every product the staged orders name, by craftsman and ``product_hash``, with its
-    id: what ``write_partition`` joins the staged orders to."""
-    products = dims.ids.products
+def _stage_product_ids(conn: Connection, products: pl.DataFrame) -> None:
+    """Products the staged orders may name, by craftsman and ``product_hash``, with
+    their ids, added to ``run_product_ids``: what ``write_partition`` joins the staged
+    orders to. (A craftsman's products are all in one call.)"""
     if parts.product_hash_clashes(products):
         raise CraftmartError(
             "two products of one craftsman share a 64-bit hash of their name and"
             " description; report this, with the craftsman's products, as a bug")
-    stage(conn, "run_product_ids",
-          products.select("craftsman_email", parts.product_hash(), "product_id"),
-          analyze=("craftsman_email", parts.PRODUCT_HASH))
+    append_temporary(conn, "run_product_ids",
+                     products.select("craftsman_email", parts.product_hash(), "product_id"))
+
+
+def _analyze_product_ids(conn: Connection) -> None:
+    # the table exists, with its columns, even when the run has no product
+    _stage_product_ids(conn, pl.DataFrame(schema={
+        "craftsman_email": pl.String, "product_name": pl.String,
+        "product_description": pl.String, "product_id": pl.Int64}))
+    execute(conn, f"analyze pg_temp.run_product_ids (craftsman_email, {parts.PRODUCT_HASH})")
 
 
 def write_partition(conn: Connection, run_plan: Plan, partition: int) -> dict[str, int]:
@@ -410,7 +614,7 @@ def finish(
 ) -> None:
     """Delete the entities left without orders; log what dimension changes reach; keep
     what the stored hashes were computed by; refresh the planner's statistics."""
-    dwh.finish_dimensions(conn, dims.current, dims.diff, dims.ids)
+    dims.finish(conn)
     if run_plan.mode == EVERYTHING:
         row_hashes.store_state(conn, settings.sources)
         # Statistics for what was just written, in this transaction: without them the
@@ -421,9 +625,7 @@ def finish(
 
 
 def dwh_counts(dims: Dimensions, orders: dict[str, int]) -> dict[str, dict[str, int]]:
-    counts = dims.diff.counts()
-    counts["f_order"] = orders
-    return counts
+    return {**dims.counts, "f_order": orders}
 
 
 def source_counts(

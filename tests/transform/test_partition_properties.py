@@ -84,20 +84,42 @@ def test_a_budget_sizes_the_partitions_and_refuses_what_cannot_fit() -> None:
     base = dict(rows=1_000_000, entities=150_000, largest_entity_orders=200,
                 mart_orders=1_000_000)
     roomy = parts.Sizing.plan(**base, budget=64 * 2**30)
-    assert (roomy.partitions, roomy.mart_groups) == (1, 1)
+    assert roomy == parts.Sizing(1, 1, pool_rows=150_000)  # the whole pool: no spill
     tight = parts.Sizing.plan(**base, budget=700 * 2**20)
     room = 700 * 2**20 - parts.BASE_BYTES - 2 * 150_000 * parts.ENTITY_BYTES
+    assert tight.pool_rows == 150_000
     assert tight.partitions == -(-1_000_000 * parts.ROW_BYTES // room) > 1
-    assert parts.Sizing.plan(**base, budget=700 * 2**20, requested=3) == parts.Sizing(3, 3)
+    assert parts.Sizing.plan(**base, budget=700 * 2**20, requested=3) == parts.Sizing(
+        3, 3, pool_rows=50_000)
+    smallest = (parts.BASE_BYTES + 2 * parts.MIN_POOL_ROWS * parts.ENTITY_BYTES
+                + parts.MIN_PARTITION_ROWS * parts.ROW_BYTES)
     with pytest.raises(parts.BudgetTooSmall) as refused:
-        parts.Sizing.plan(**base, budget=250 * 2**20)
-    needed = refused.value.needed
-    assert needed == (parts.BASE_BYTES + 2 * 150_000 * parts.ENTITY_BYTES
-                      + parts.MIN_PARTITION_ROWS * parts.ROW_BYTES)
-    assert parts.Sizing.plan(**base, budget=needed).partitions >= 1
+        parts.Sizing.plan(**base, budget=smallest - 1)
+    assert refused.value.needed == smallest
+    assert parts.Sizing.plan(**base, budget=smallest).partitions >= 1
     # the busiest entity's orders must fit one mart group
     with pytest.raises(parts.BudgetTooSmall):
-        parts.Sizing.plan(**{**base, "largest_entity_orders": 10**7}, budget=needed)
+        parts.Sizing.plan(**{**base, "largest_entity_orders": 10**7}, budget=smallest)
+
+
+def test_entities_past_a_third_of_the_budget_spill_and_never_raise_the_smallest_budget(
+) -> None:
+    """The pool takes at most a third of the budget (past the base), whatever the number
+    of people and products: more of them spill sooner, and the budget that works stays."""
+    base = dict(rows=30_000_000, largest_entity_orders=200, mart_orders=30_000_000)
+    budget = 2 * 2**30
+    smallest = (parts.BASE_BYTES + 2 * parts.MIN_POOL_ROWS * parts.ENTITY_BYTES
+                + parts.MIN_PARTITION_ROWS * parts.ROW_BYTES)
+    few = parts.Sizing.plan(**base, entities=100_000, budget=budget)
+    many = parts.Sizing.plan(**base, entities=100_000_000, budget=budget)
+    assert few.pool_rows == 100_000
+    assert many.pool_rows == parts.MIN_POOL_ROWS + (budget - smallest) // parts.POOL_SHARE // (
+        2 * parts.ENTITY_BYTES)
+    assert 700_000 < many.pool_rows < 1_000_000
+    room = budget - parts.BASE_BYTES - many.pool_rows * 2 * parts.ENTITY_BYTES
+    assert many.partitions == -(-30_000_000 * parts.ROW_BYTES // room) < 100
+    assert parts.Sizing.plan(**base, entities=100_000_000, budget=smallest).pool_rows == (
+        parts.MIN_POOL_ROWS)
 
 
 @pytest.mark.parametrize(("text", "size"), [

@@ -58,6 +58,22 @@ def read_dimensions(conn: Connection, scope: str | None = None) -> Warehouse:
     return Warehouse(craftsmen, customers, products, pl.DataFrame())
 
 
+def read_people(conn: Connection, person: str, where: str) -> pl.DataFrame:
+    """The DWH's craftsmen or customers (``person``) as they are now, with their ids,
+    where ``where`` holds (a condition on the table's columns)."""
+    return fetch_frame(conn, f"select {_COLUMNS[f'd_{person}']} from dwh.d_{person}"
+                             f" where {where}")
+
+
+def read_products(conn: Connection, where: str, craftsmen: pl.DataFrame) -> pl.DataFrame:
+    """The DWH's products where ``where`` holds, by natural key: ``craftsmen`` (id and
+    email) has the craftsman of each."""
+    products = fetch_frame(conn, f"select {_COLUMNS['d_product']} from dwh.d_product"
+                                 f" where {where}")
+    return products.join(craftsmen.select("craftsman_id", "craftsman_email"),
+                         on="craftsman_id", how="left")
+
+
 #: f_order as the order diff compares it: by natural key, with the ids it points to.
 ORDER_ID_ATTRS = ("product_id", "craftsman_id", "customer_id", "order_created_date",
                   "order_completion_date", "order_status", "product_price")
@@ -247,16 +263,19 @@ def write_dimensions(conn: Connection, current: Warehouse, diff: WarehouseDiff) 
     dimensions or a ``Scope``'s part of them); return the id of every entity the
     target has, by natural key. Entities the target no longer has are deleted later
     (``finish_dimensions``), once no order points to them."""
-    craftsman_ids = _upsert_person(conn, "craftsman", current.craftsmen, diff.craftsmen)
-    customer_ids = _upsert_person(conn, "customer", current.customers, diff.customers,
-                                  by_id=citus.is_distributed(conn))
-    product_ids = _upsert_products(conn, current.products, diff.products, craftsman_ids)
+    craftsman_ids = write_people(conn, "craftsman", current.craftsmen, diff.craftsmen)
+    customer_ids = write_people(conn, "customer", current.customers, diff.customers)
+    product_ids = write_products(conn, current.products, diff.products, craftsman_ids)
     return SurrogateIds(
-        craftsman_ids.join(diff.craftsmen.deleted, on="craftsman_email", how="anti"),
-        customer_ids.join(diff.customers.deleted, on="customer_email", how="anti"),
-        product_ids.join(diff.products.deleted, on=list(PRODUCT_KEY), how="anti",
-                         nulls_equal=True),
+        without_deleted(craftsman_ids, diff.craftsmen, CRAFTSMAN_KEY),
+        without_deleted(customer_ids, diff.customers, CUSTOMER_KEY),
+        without_deleted(product_ids, diff.products, PRODUCT_KEY),
     )
+
+
+def without_deleted(ids: pl.DataFrame, diff: TableDiff, key: tuple[str, ...]) -> pl.DataFrame:
+    """The ids of the entities the target still has."""
+    return ids.join(diff.deleted, on=list(key), how="anti", nulls_equal=True)
 
 
 _ORDER_COLUMNS = ["source_name", "source_order_id", *ORDER_ID_ATTRS]
@@ -379,14 +398,25 @@ def _update_distributed_orders(conn: Connection, updates: pl.DataFrame) -> None:
 
 
 def finish_dimensions(
-    conn: Connection, current: Warehouse, diff: WarehouseDiff, ids: SurrogateIds
+    conn: Connection, deleted: dict[str, pl.DataFrame], retyped: pl.DataFrame,
+    reborn: pl.DataFrame,
 ) -> None:
-    """After the orders: delete the entities the target no longer has (no order points to
-    them any more), and log the owners of orders that a dimension change reaches."""
-    _delete_by_id(conn, "d_product", "product_id", diff.products.deleted)
-    _delete_by_id(conn, "d_customer", "customer_id", diff.customers.deleted)
-    _delete_by_id(conn, "d_craftsman", "craftsman_id", diff.craftsmen.deleted)
-    _log_attribute_touches(conn, current, diff, ids)
+    """After the orders: delete the entities the target no longer has (``deleted``: the
+    ids per table; no order points to them any more), and log the owners of orders
+    that a dimension change reaches (``mart_touches``)."""
+    for table in ("d_product", "d_customer", "d_craftsman"):
+        _delete_by_id(conn, table, ENTITY_ID[table], deleted[table])
+    if not retyped.is_empty():
+        staged = stage(conn, "stage_retyped_products", retyped.select("product_id"))
+        _log_orders_of(conn, f"f.product_id in (select product_id from {staged})")
+    if not reborn.is_empty():
+        staged = stage(conn, "stage_birthday_changes", reborn.select("customer_id"))
+        _log_orders_of(conn, f"f.customer_id in (select customer_id from {staged})")
+
+
+#: The surrogate id column of each dimension.
+ENTITY_ID = {"d_craftsman": "craftsman_id", "d_customer": "customer_id",
+             "d_product": "product_id"}
 
 
 @contextmanager
@@ -410,30 +440,27 @@ def _changed(
     ).filter(pl.col(attr).ne_missing(pl.col("__before")))
 
 
-def _log_attribute_touches(
-    conn: Connection, current: Warehouse, diff: WarehouseDiff, ids: SurrogateIds
-) -> None:
-    """Log the owners of orders whose mart values change through a dimension.
+def mart_touches(
+    table: str, current: pl.DataFrame, diff: TableDiff, ids: pl.DataFrame
+) -> pl.DataFrame:
+    """The ids of the entities of ``table`` whose change reaches the marts through
+    their orders: products whose type changed, customers whose birthday did.
 
     A product's type feeds both marts' top category, and a customer's birthday the
     craftsman mart's average age, for every order of that product or customer. The
     orders themselves are unchanged, so their load_dttm cannot say so: the change log
-    does. (Other dimension changes — a product's current price, an address — either
-    feed no mart or only the row of their own entity, which its load_dttm covers.)
+    does (``finish_dimensions``). (Other dimension changes — a product's current price,
+    an address — either feed no mart or only the row of their own entity, which its
+    load_dttm covers.)
     """
-    product_key = list(PRODUCT_KEY)
-    retyped = _changed(diff.products.updates, current.products, product_key, "product_type")
-    if not retyped.is_empty():
-        staged = stage(conn, "stage_retyped_products",
-                       retyped.join(ids.products, on=product_key, nulls_equal=True)
-                       .select("product_id"))
-        _log_orders_of(conn, f"f.product_id in (select product_id from {staged})")
-    reborn = _changed(diff.customers.updates, current.customers, ["customer_email"],
-                      "customer_birthday")
-    if not reborn.is_empty():
-        staged = stage(conn, "stage_birthday_changes",
-                       reborn.join(ids.customers, on="customer_email").select("customer_id"))
-        _log_orders_of(conn, f"f.customer_id in (select customer_id from {staged})")
+    if table == "d_product":
+        key, attr, id_column = list(PRODUCT_KEY), "product_type", "product_id"
+    elif table == "d_customer":
+        key, attr, id_column = ["customer_email"], "customer_birthday", "customer_id"
+    else:
+        return pl.DataFrame()
+    changed = _changed(diff.updates, current, key, attr)
+    return changed.join(ids, on=key, nulls_equal=True).select(id_column)
 
 
 def _log_orders_of(conn: Connection, condition: str) -> None:
@@ -472,21 +499,20 @@ def _secondary_indexes_dropped(conn: Connection, schema: str, table: str) -> Ite
         execute(conn, definition)
 
 
-def _upsert_person(
+def write_people(
     conn: Connection, entity: str, current: pl.DataFrame, table_diff: TableDiff,
-    *, by_id: bool = False,
 ) -> pl.DataFrame:
     """Write new and changed people; return every person's (id, email) after the write.
 
-    ``by_id``: the table is distributed by its id (Citus), so no unique index on the
-    email can arbitrate an upsert: changed people are updated by the ids they have,
-    new ones inserted."""
+    Customers distributed by their id (Citus): no unique index on the email can
+    arbitrate an upsert, so changed people are updated by the ids they have, new ones
+    inserted."""
     id_col, email = f"{entity}_id", f"{entity}_email"
     ids = current.select(id_col, email)
     if table_diff.upserts.is_empty():
         return ids
     attrs = [f"{entity}_name", f"{entity}_address", f"{entity}_birthday"]
-    if by_id:
+    if entity == "customer" and citus.is_distributed(conn):
         written = _update_then_insert_person(conn, entity, ids, table_diff, attrs)
         return pl.concat([ids.join(written, on=email, how="anti"), written.cast(ids.schema)])
     staged = stage(conn, f"stage_d_{entity}", table_diff.upserts)
@@ -509,7 +535,7 @@ def _upsert_person(
 def _update_then_insert_person(
     conn: Connection, entity: str, ids: pl.DataFrame, table_diff: TableDiff, attrs: list[str]
 ) -> pl.DataFrame:
-    """``_upsert_person`` on a table distributed by its id: the changed people by id (one
+    """``write_people`` on a table distributed by its id: the changed people by id (one
     multi-shard UPDATE ... FROM), then the new ones (INSERT ... SELECT, ids from the
     identity, in key order); return their (id, email)."""
     id_col, email = f"{entity}_id", f"{entity}_email"
@@ -543,7 +569,7 @@ def _update_then_insert_person(
     return pl.concat([w.cast(ids.schema) for w in written]) if written else ids.clear()
 
 
-def _upsert_products(
+def write_products(
     conn: Connection, current: pl.DataFrame, table_diff: TableDiff, craftsman_ids: pl.DataFrame
 ) -> pl.DataFrame:
     """Write new and changed products; return every product's id by natural key."""

@@ -39,6 +39,10 @@ class RunReport:
     #: partitions of the source rows, and groups of entities the marts were built in
     partitions: int = 0
     mart_groups: int = 0
+    #: ranges of their keys the dimensions were resolved in (the most of the three; 1:
+    #: their candidates were held whole) and candidate rows spilled to the warehouse
+    dimension_ranges: int = 0
+    spilled_candidates: int = 0
     #: the memory budget the partitions were planned for (MiB)
     memory_budget_mb: int = 0
     #: how each source's changes were found: "hash", "logical", "hash (why)"
@@ -75,6 +79,8 @@ class RunReport:
             "peak_rss_mb": self.peak_rss_mb,
             "partitions": self.partitions,
             "mart_groups": self.mart_groups,
+            "dimension_ranges": self.dimension_ranges,
+            "spilled_candidates": self.spilled_candidates,
             "memory_budget_mb": self.memory_budget_mb,
             "changes": self.changes,
             "warnings": self.warnings,

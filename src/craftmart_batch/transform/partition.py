@@ -177,11 +177,23 @@ class CandidatePool:
         if self.pending_rows > max(candidate_rows(self.reduced), self.threshold):
             self.reduce()
 
+    @property
+    def rows(self) -> int:
+        """The candidate rows held, reduced or not."""
+        return candidate_rows(self.reduced) + self.pending_rows
+
     def reduce(self) -> Warehouse:
         if self.pending:
             self.reduced = merge_candidates(self.reduced, *self.pending)
             self.pending, self.pending_rows = [], 0
         return self.reduced
+
+
+def dimension_rows(name: str, found: pl.DataFrame) -> pl.DataFrame:
+    """Candidates of one dimension (``DIMENSIONS``), from any number of pools, as its
+    target rows: the most recent per key, key and attributes, sorted by key."""
+    key, attrs = DIMENSIONS[name]
+    return latest_per_key(found, RecencyOrder.of(found), key, attrs)
 
 
 def dimensions(found: Warehouse) -> Warehouse:
@@ -241,6 +253,10 @@ ENTITY_BYTES = 400
 MART_ORDER_BYTES = 900
 #: Below this, a partition spends more on its fixed costs (queries, staging) than it saves.
 MIN_PARTITION_ROWS = 2_000
+#: The fewest dimension candidates a budget leaves the pool before it spills them.
+MIN_POOL_ROWS = 1_000
+#: The share of a budget (past the smallest that works) the candidate pool may take.
+POOL_SHARE = 3
 
 
 class BudgetTooSmall(ValueError):
@@ -257,6 +273,9 @@ class Sizing:
 
     partitions: int  # of the source rows (pull, validate, stage, write facts)
     mart_groups: int  # of the entities (mart aggregation)
+    #: dimension candidates the pool holds before it spills them to the warehouse (and
+    #: then the most a range of the dimensions' keys resolves at a time)
+    pool_rows: int = 2**62
 
     @classmethod
     def plan(
@@ -270,21 +289,27 @@ class Sizing:
         requested: int = 0,
     ) -> Sizing:
         """Partitions that keep the peak under ``budget`` bytes, or ``requested`` ones
-        when not 0 (the same number for the marts' entity groups).
+        when not 0 (the same number for the marts' entity groups, and the dimensions'
+        candidates in as many pools).
 
-        Raises ``BudgetTooSmall`` when even one source row per partition and one entity
-        per mart group would not fit: what stays whole (the dimension rows of the run,
-        one entity's orders) is larger than the budget leaves.
+        The candidate pool (one row per entity, up to twice between reductions) takes
+        what it needs up to a third of the budget (past the smallest that works), and
+        spills to the warehouse past that, so no part of the budget grows with the
+        number of entities. Raises ``BudgetTooSmall`` when even one source row per
+        partition, one entity per mart group and the smallest pool would not fit.
         """
-        # the candidate pool holds up to twice one row per entity between reductions
-        fixed = BASE_BYTES + 2 * entities * ENTITY_BYTES
-        smallest = fixed + max(MIN_PARTITION_ROWS * ROW_BYTES,
-                               largest_entity_orders * MART_ORDER_BYTES)
+        entity_bytes = 2 * ENTITY_BYTES  # the pool holds up to twice its rows
+        smallest = (BASE_BYTES + min(entities, MIN_POOL_ROWS) * entity_bytes
+                    + max(MIN_PARTITION_ROWS * ROW_BYTES,
+                          largest_entity_orders * MART_ORDER_BYTES))
         if budget < smallest:
             raise BudgetTooSmall(smallest)
         if requested:
-            return cls(requested, requested)
-        room = budget - fixed
+            return cls(requested, requested, max(1, math.ceil(entities / requested)))
+        # the pool: the smallest, and a third of what the budget leaves past the smallest
+        pool_rows = min(max(entities, 1),
+                        MIN_POOL_ROWS + (budget - smallest) // POOL_SHARE // entity_bytes)
+        room = budget - BASE_BYTES - pool_rows * entity_bytes
         partitions = max(1, math.ceil(rows * ROW_BYTES / room))
         groups = max(1, math.ceil(mart_orders * MART_ORDER_BYTES / room))
-        return cls(partitions, groups)
+        return cls(partitions, groups, pool_rows)
