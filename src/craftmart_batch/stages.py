@@ -5,18 +5,18 @@ many partitions of the order keys. ``compute_partition`` then pulls one partitio
 validates it and reduces it to its valid orders and its dimension candidates (one row
 per entity): it reads the sources only, so it runs wherever the engine puts it (in this
 process, or as a Ray task). ``apply_partition`` writes what it found in the run's
-transaction: quarantine rows and hashes, its valid orders staged in a temporary table. Once every
-partition is staged, ``resolve_dimensions`` reduces the candidates (with, for changed
-rows, the latest unchanged row of every entity they touch) to the dimensions' target
-rows and writes what differs. ``write_partition`` then diffs each partition's staged
+transaction: quarantine rows and hashes, its valid orders staged in a temporary table,
+and, past the pool's share of the memory budget, the candidates pooled so far (spilled
+to temporary tables). Once every partition is staged, ``resolve_dimensions`` reduces
+the candidates (with, for changed rows, the latest unchanged row of every entity they
+touch) to the dimensions' target rows and writes what differs: spilled candidates a
+range of their keys at a time. ``write_partition`` then diffs each partition's staged
 orders, with their entities' ids, against f_order and writes them; ``finish`` deletes
-the entities left without orders. No step holds more than one partition of rows, or
-the dimension rows of the run.
+the entities left without orders. On a full pull no step holds more than one
+partition of rows, or one pool (or range) of dimension rows.
 """
-
 from __future__ import annotations
 
-import itertools
 import logging
 import resource
 import time
@@ -40,9 +40,7 @@ from .load.quarantine import write_quarantine
 from .transform import partition as parts
 from .transform.changes import SourceDelta, rows_per_source
 from .transform.diff import TableDiff, diff_dimensions, diff_table
-from .transform.identity import (
-    Warehouse,
-)
+from .transform.identity import Warehouse
 from .transform.validate import ORDER_KEY, validate
 
 logger = logging.getLogger(__name__)
@@ -440,7 +438,7 @@ def _resolve_in_ranges(
             cuts = _cuts(conn, table, email, _ranges(found, name, pool_rows))
             found.dimension_ranges = max(found.dimension_ranges, len(cuts) + 1)
         ids = []
-        for where in _range_conditions(email, cuts):
+        for where in parts.range_conditions(email, cuts):
             with step("dedup"):
                 current = dwh.read_people(conn, person, where)
                 target = _target(conn, found, name, f"select * from {table} where {where}",
@@ -470,7 +468,7 @@ def _resolve_in_ranges(
         execute(conn, f"analyze {products} (craftsman_id)")
         cuts = _cuts(conn, products, "craftsman_id", _ranges(found, "products", pool_rows))
         found.dimension_ranges = max(found.dimension_ranges, len(cuts) + 1)
-    for where in _range_conditions("craftsman_id", cuts):
+    for where in parts.range_conditions("craftsman_id", cuts):
         with step("dedup"):
             owners = fetch_frame(conn, f"select craftsman_id, craftsman_email"
                                        f" from {craftsmen} where {where}")
@@ -508,23 +506,6 @@ def _cuts(conn: Connection, table: str, column: str, ranges: int) -> list[Any]:
         from {table}
     """)["cut"].to_list()
     return [cut for cut in cuts if cut is not None]
-
-
-def _range_conditions(column: str, cuts: list[Any]) -> list[str]:
-    """SQL conditions on ``column``, one per range between ``cuts`` (the first open
-    below, the last open above): every value falls in exactly one."""
-    def literal(value: Any) -> str:
-        return quote_literal(value) if isinstance(value, str) else str(int(value))
-
-    if not cuts:
-        return ["true"]
-    bounds = [None, *cuts, None]
-    conditions = []
-    for low, high in itertools.pairwise(bounds):
-        bound = [f"{column} >= {literal(low)}"] if low is not None else []
-        bound += [f"{column} < {literal(high)}"] if high is not None else []
-        conditions.append(" and ".join(bound))
-    return conditions
 
 
 def _target(

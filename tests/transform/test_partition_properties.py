@@ -80,6 +80,15 @@ def test_key_ranges_cover_each_source_from_its_smallest_to_its_largest_key() -> 
     assert parts.KeyRanges.between({"s1": (1, 100)}, 1).sql("name", "k", 0) == "true"
 
 
+def test_key_ranges_between_cuts_cover_every_key_once() -> None:
+    assert parts.range_conditions("email", []) == ["true"]
+    assert parts.range_conditions("email", ["b@x", "o'k@x"]) == [
+        "email < 'b@x'", "email >= 'b@x' and email < 'o''k@x'", "email >= 'o''k@x'"]
+    assert parts.range_conditions("craftsman_id", [10, 10, 20]) == [
+        "craftsman_id < 10", "craftsman_id >= 10 and craftsman_id < 10",  # empty: a repeat
+        "craftsman_id >= 10 and craftsman_id < 20", "craftsman_id >= 20"]
+
+
 def test_a_budget_sizes_the_partitions_and_refuses_what_cannot_fit() -> None:
     base = dict(rows=1_000_000, entities=150_000, largest_entity_orders=200,
                 mart_orders=1_000_000)

@@ -16,7 +16,9 @@ The marts group by entity instead: ``entity_group`` puts an entity's orders in o
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -103,6 +105,23 @@ class KeyRanges:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def range_conditions(column: str, cuts: Sequence[str | int]) -> list[str]:
+    """SQL conditions on ``column``, one per range between ascending ``cuts`` (the
+    first open below, the last open above): every value but null falls in exactly one.
+    How the dimensions' spilled candidates are resolved a range of keys at a time."""
+    def literal(value: str | int) -> str:
+        return _literal(value) if isinstance(value, str) else str(int(value))
+
+    if not cuts:
+        return ["true"]
+    conditions = []
+    for low, high in itertools.pairwise([None, *cuts, None]):
+        bound = [f"{column} >= {literal(low)}"] if low is not None else []
+        bound += [f"{column} < {literal(high)}"] if high is not None else []
+        conditions.append(" and ".join(bound))
+    return conditions
 
 
 def entity_group_sql(column: str, group: int, groups: int) -> str:
