@@ -130,14 +130,20 @@ def arrow_stream(frame: pl.DataFrame) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(schema, batches)
 
 
-def append(conn: Connection, schema: str, table: str, frame: pl.DataFrame) -> None:
-    """Append a frame to an existing table with binary COPY, streamed slice by slice."""
+def _ingest(conn: Connection, name: str, frame: pl.DataFrame, mode: str,
+            **where: Any) -> None:
+    """Write a frame into a table with binary COPY, streamed slice by slice."""
     cur = conn.cursor()
     try:
-        cur.adbc_ingest(table, arrow_stream(frame), mode="append", db_schema_name=schema)
+        cur.adbc_ingest(name, arrow_stream(frame), mode=mode, **where)
     finally:
         cur.close()
     checkpoint()
+
+
+def append(conn: Connection, schema: str, table: str, frame: pl.DataFrame) -> None:
+    """Append a frame to an existing table with binary COPY, streamed slice by slice."""
+    _ingest(conn, table, frame, "append", db_schema_name=schema)
 
 
 def stage(
@@ -148,13 +154,8 @@ def stage(
     The table is analysed, on the ``analyze`` columns only when given (the ones it is
     joined on: statistics of wide tables cost more than they help).
     """
-    cur = conn.cursor()
-    try:
-        execute(conn, f"drop table if exists pg_temp.{quote_ident(name)}")
-        cur.adbc_ingest(name, arrow_stream(frame), mode="create", temporary=True)
-    finally:
-        cur.close()
-    checkpoint()
+    execute(conn, f"drop table if exists pg_temp.{quote_ident(name)}")
+    _ingest(conn, name, frame, "create", temporary=True)
     qualified = f"pg_temp.{quote_ident(name)}"
     # Temporary tables have no statistics until analysed; the planner needs them to
     # pick index lookups for a small stage and hash joins for a large one.
@@ -177,10 +178,5 @@ def append_temporary(conn: Connection, name: str, frame: pl.DataFrame) -> str:
     """Append a frame to a temporary table, created by the first append (binary COPY,
     streamed slice by slice); return its quoted name. Not analysed: the caller does,
     once the appends are done."""
-    cur = conn.cursor()
-    try:
-        cur.adbc_ingest(name, arrow_stream(frame), mode="create_append", temporary=True)
-    finally:
-        cur.close()
-    checkpoint()
+    _ingest(conn, name, frame, "create_append", temporary=True)
     return f"pg_temp.{quote_ident(name)}"

@@ -424,8 +424,8 @@ def _resolve_in_ranges(
     a time, each range read, reduced, diffed and written before the next: people by
     ranges of their email, products by ranges of their craftsman's id. Ranges go up
     the key in the order the writes give new ids in (the server's collation), so the
-    ids come out as if everything were written at once. No range holds more candidate
-    rows than the pool did."""
+    ids come out as if everything were written at once. A range holds about as many
+    candidate rows as the pool did (cut at the server's percentiles)."""
     found.spill(conn)
     dims = Dimensions()
     for person, name in _PEOPLE:
@@ -437,7 +437,6 @@ def _resolve_in_ranges(
             execute(conn, f"analyze {table} ({email})")
             cuts = _cuts(conn, table, email, _ranges(found, name, pool_rows))
             found.dimension_ranges = max(found.dimension_ranges, len(cuts) + 1)
-        ids = []
         for where in parts.range_conditions(email, cuts):
             with step("dedup"):
                 current = dwh.read_people(conn, person, where)
@@ -450,7 +449,6 @@ def _resolve_in_ranges(
                 written = dwh.write_people(conn, person, current, diff)
                 dims.add(f"d_{person}", current, diff, written)
                 if person == "craftsman":  # every craftsman's id, for the products
-                    ids.append(written)
                     append_temporary(conn, "run_craftsman_ids", written)
             del target, current, diff, written
     craftsmen = "pg_temp.run_craftsman_ids"
