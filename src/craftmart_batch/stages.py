@@ -352,7 +352,7 @@ class Dimensions:
     deleted: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: {
         table: [] for table in dwh.ENTITY_ID})
     touched: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: {
-        "d_product": [], "d_customer": []})
+        table: [] for table in dwh.MART_FEEDS})
 
     def add(self, table: str, current: pl.DataFrame, diff: TableDiff,
             ids: pl.DataFrame) -> None:
@@ -434,7 +434,6 @@ def _resolve_in_ranges(
         with step("dedup"):
             # no index on the email (a btree entry holds at most a third of a page, and
             # an email's length is the source's): each range scans the table
-            execute(conn, f"analyze {table} ({email})")
             cuts = _cuts(conn, table, email, _ranges(found, name, pool_rows))
             found.dimension_ranges = max(found.dimension_ranges, len(cuts) + 1)
         for where in parts.range_conditions(email, cuts):

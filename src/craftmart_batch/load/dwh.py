@@ -440,6 +440,12 @@ def _changed(
     ).filter(pl.col(attr).ne_missing(pl.col("__before")))
 
 
+#: The dimensions with an attribute that reaches the marts through their orders
+#: (``mart_touches``): their natural key and that attribute.
+MART_FEEDS = {"d_product": (PRODUCT_KEY, "product_type"),
+              "d_customer": (CUSTOMER_KEY, "customer_birthday")}
+
+
 def mart_touches(
     table: str, current: pl.DataFrame, diff: TableDiff, ids: pl.DataFrame
 ) -> pl.DataFrame:
@@ -453,14 +459,9 @@ def mart_touches(
     an address — either feed no mart or only the row of their own entity, which its
     load_dttm covers.)
     """
-    if table == "d_product":
-        key, attr, id_column = list(PRODUCT_KEY), "product_type", "product_id"
-    elif table == "d_customer":
-        key, attr, id_column = ["customer_email"], "customer_birthday", "customer_id"
-    else:
-        return pl.DataFrame()
-    changed = _changed(diff.updates, current, key, attr)
-    return changed.join(ids, on=key, nulls_equal=True).select(id_column)
+    key, attr = MART_FEEDS[table]
+    changed = _changed(diff.updates, current, list(key), attr)
+    return changed.join(ids, on=list(key), nulls_equal=True).select(ENTITY_ID[table])
 
 
 def _log_orders_of(conn: Connection, condition: str) -> None:

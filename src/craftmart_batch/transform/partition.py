@@ -82,13 +82,7 @@ class KeyRanges:
             return "true"
         if source not in self.cuts:
             return "true" if partition == 0 else "false"
-        cuts = self.cuts[source]
-        bounds = []
-        if partition > 0:
-            bounds.append(f"{key} >= {cuts[partition - 1]}")
-        if partition < self.partitions - 1:
-            bounds.append(f"{key} < {cuts[partition]}")
-        condition = " and ".join(bounds)
+        condition = range_conditions(key, self.cuts[source])[partition]
         return f"({condition} or {key} is null)" if partition == 0 else f"({condition})"
 
     def sql(self, name: str, key: str, partition: int) -> str:
