@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -423,6 +424,11 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
+        # the command ends for this signal: another one during the interpreter's own
+        # teardown (Ray's shutdown, at exit) must not turn the exit code into a death
+        # by SIGINT after the line below is printed
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         stop = _signals.received()
         print(f"craftmart-batch: interrupted{f' by {stop.name}' if stop else ''};"
               " nothing was committed", file=sys.stderr)
