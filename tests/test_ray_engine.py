@@ -62,8 +62,9 @@ def ray_here() -> Iterator[None]:
     ray.shutdown()
 
 
-def task_pids() -> list[int]:
-    """The processes running a partition's task right now."""
+def task_pids(under: int | None = None) -> list[int]:
+    """The processes running a partition's task right now (descendants of the process
+    ``under`` only, when given: not a task of another Ray still ending)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -73,7 +74,20 @@ def task_pids() -> list[int]:
                         found.append(int(entry))
             except OSError:
                 continue
-    return found
+    return [pid for pid in found if under is None or under in _ancestors(pid)]
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # the parent is the 2nd field after the command's closing parenthesis
+                pid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        chain.append(pid)
+    return chain
 
 
 def wait_for(what: Callable[[], Any], timeout: float = 120) -> Any:
@@ -254,7 +268,7 @@ def test_the_coordinator_killed_while_its_tasks_run_leaves_nothing_visible(
     before = warehouse_state(db)
     with source_locked(db) as release:
         coordinator = CliRun(db, "--engine", "ray", "--full", cwd=tmp_path)
-        wait_for(task_pids)
+        wait_for(lambda: task_pids(under=coordinator.proc.pid))
         coordinator.signal(signum)
         if signum == signal.SIGKILL:
             assert coordinator.finish() == -signal.SIGKILL
@@ -268,6 +282,38 @@ def test_the_coordinator_killed_while_its_tasks_run_leaves_nothing_visible(
     wait_for(lambda: not task_pids(), timeout=60)
     report = run(db)
     assert report.dwh["f_order"]["inserted"] + report.dwh["f_order"]["updated"] > 0
+
+
+#: Connects the engine to a Ray of its own, then prints the native handlers of SIGTERM
+#: and SIGTRAP before and after, as the kernel holds them.
+NATIVE_HANDLERS = """
+import ctypes, signal
+from craftmart_batch.engine import RayEngine
+
+libc = ctypes.CDLL(None)
+def native(signum):
+    action = ctypes.create_string_buffer(256)  # struct sigaction: the handler comes first
+    libc.sigaction(signum, None, action)
+    return int.from_bytes(action.raw[:8], "little")
+
+signal.signal(signal.SIGTERM, lambda *_: None)
+before = native(signal.SIGTERM), native(signal.SIGTRAP)
+engine = RayEngine.connect("", 0)
+after = native(signal.SIGTERM), native(signal.SIGTRAP)
+engine.close()
+print(before == after, before[1] == 0)
+"""
+
+
+def test_the_coordinator_keeps_its_own_native_signal_handlers() -> None:
+    """The engine's Ray installs no native failure handler in the coordinator: Ray's
+    would dump a stack and abort on SIGTERM (exit -6), where the run ends with its one
+    line and 143. SIGTRAP shows it: Ray's handler takes it, and nothing else here does
+    (Python's fault handler, which Ray enables, takes SIGABRT and SIGSEGV)."""
+    proc = subprocess.run([sys.executable, "-c", NATIVE_HANDLERS], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True"]
 
 
 # --------------------------------------------------------------------------- two nodes

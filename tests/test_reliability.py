@@ -416,6 +416,80 @@ def test_adbc_is_kept_off_sigint_only_inside_the_stop_signal_handling(db: Databa
     assert dbapi._blocking_call is original
 
 
+def test_a_signal_landing_as_the_handling_is_set_up_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop signal handled the moment the first handler is in place (before the body
+    runs) ends the context like any other: Python's handlers, the wakeup fd and the
+    module's state are all as before, and the next context stops on a signal again.
+    A handling left half set up would ignore every later signal of the process."""
+    from craftmart_batch import _signals
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    real_signal = signal.signal
+
+    def lands_at_once(signum: int, handler: Any) -> Any:
+        previous = real_signal(signum, handler)
+        if callable(handler) and signum == signal.SIGINT:
+            handler(signum, sys._getframe())  # as Python would run it, right here
+        return previous
+
+    monkeypatch.setattr(signal, "signal", lands_at_once)
+    body_ran = False
+    with pytest.raises(KeyboardInterrupt), _signals.stop_signals_interrupt():
+        body_ran = True
+    monkeypatch.undo()
+    assert not body_ran
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert _signals._active is None
+    assert signal.set_wakeup_fd(-1) == -1
+    with pytest.raises(KeyboardInterrupt), _signals.stop_signals_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises within this sleep
+
+
+def test_a_signal_never_lands_inside_an_adbc_cursor_close(
+    db: Database, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A stop signal handled while ADBC closes a cursor (its statement released, the
+    cursor not yet marked closed) is raised by the checkpoint after the close, however
+    long the interrupt has been put off: the cursor is closed once, and nothing is
+    printed when it is collected ("Underflow in closing this AdbcStatement")."""
+    import gc
+
+    from craftmart_batch import _signals
+
+    monkeypatch.setattr(_signals, "_PUT_OFF_AT_MOST_SECONDS", 0.0)
+
+    class SignalledClose:
+        def __init__(self, statement: Any) -> None:
+            self.statement = statement
+
+        def close(self) -> None:
+            self.statement.close()
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.statement, name)
+
+    closed = []
+    with pytest.raises(KeyboardInterrupt), _signals.stop_signals_interrupt(), \
+            connection(db) as conn:
+        cur = conn.cursor()
+        cur.execute("select 1")
+        cur.fetchone()
+        cur._stmt = SignalledClose(cur._stmt)
+        try:
+            cur.close()
+        finally:
+            closed.append(cur._closed)
+        _signals.checkpoint()
+    assert closed == [True]
+    del cur
+    gc.collect()
+    assert "Underflow" not in capfd.readouterr().err
+
+
 # --------------------------------------------------------------------------- the server goes away
 
 

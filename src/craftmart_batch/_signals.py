@@ -37,13 +37,18 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _NEVER_INTERRUPTED = ("threading", "weakref", "_weakrefset")
 
 #: Code an interrupt had better not land in: ADBC's DB-API layer keeps a statement's
-#: and a result's state across several bytecodes (a ``KeyboardInterrupt`` in
-#: ``Cursor.close`` leaves a half-closed cursor that fails again when collected, and
-#: prints a traceback). Not a crash, so only for so long: a loop of quick statements
-#: would otherwise put the interrupt off for as long as it runs (each retry tends to
-#: land just as a statement returns).
+#: and a result's state across several bytecodes. Not a crash, so only for so long: a
+#: loop of quick statements would otherwise put the interrupt off for as long as it
+#: runs (each retry tends to land just as a statement returns).
 _BETTER_NOT_INTERRUPTED = ("adbc_driver_manager", "adbc_driver_postgresql")
 _PUT_OFF_AT_MOST_SECONDS = 0.05
+
+#: ...except its ``close`` methods, which an interrupt never lands in: one landing in
+#: ``Cursor.close`` between the statement's release and ``_closed = True`` leaves a
+#: cursor that is released again when collected ("Underflow in closing this
+#: AdbcStatement", printed as it is ignored). A close is short and never loops: the
+#: interrupt is raised by the ``checkpoint`` after it.
+_NEVER_INTERRUPTED_IN_ADBC = ("close",)
 
 #: While the main thread is in such code, the interrupt is retried after this long.
 _RETRY_SECONDS = 0.002
@@ -190,10 +195,15 @@ def _cancel_statements(backends: list[tuple[Database, int, str]]) -> None:
                 logger.debug("closing the cancelling connection failed", exc_info=True)
 
 
-def _in_code(frame: FrameType | None, modules: tuple[str, ...], *, in_del: bool) -> bool:
+def _in_code(frame: FrameType | None, modules: tuple[str, ...], *,
+             in_del: bool = False, functions: tuple[str, ...] = ()) -> bool:
+    """Whether the main thread is in ``modules`` (in one of their ``functions`` only,
+    when given), or in a ``__del__`` when ``in_del``."""
     while frame is not None:
-        if ((in_del and frame.f_code.co_name == "__del__")
-                or str(frame.f_globals.get("__name__", "")).startswith(modules)):
+        if in_del and frame.f_code.co_name == "__del__":
+            return True
+        if (str(frame.f_globals.get("__name__", "")).startswith(modules)
+                and (not functions or frame.f_code.co_name in functions)):
             return True
         frame = frame.f_back
     return False
@@ -239,9 +249,14 @@ def stop_signals_interrupt() -> Iterator[None]:
             return
         if watch.first_put_off is None:
             watch.first_put_off = time.monotonic()
-        put_off = _in_code(frame, _NEVER_INTERRUPTED, in_del=True) or (
-            time.monotonic() - watch.first_put_off < _PUT_OFF_AT_MOST_SECONDS
-            and _in_code(frame, _BETTER_NOT_INTERRUPTED, in_del=False))
+        put_off = (
+            # the context's own set-up or clean-up (a signal landing in its ``finally``
+            # would cut the clean-up short)
+            (frame is not None and frame.f_code is _OWN_CODE)
+            or _in_code(frame, _NEVER_INTERRUPTED, in_del=True)
+            or _in_code(frame, _BETTER_NOT_INTERRUPTED, functions=_NEVER_INTERRUPTED_IN_ADBC)
+            or (time.monotonic() - watch.first_put_off < _PUT_OFF_AT_MOST_SECONDS
+                and _in_code(frame, _BETTER_NOT_INTERRUPTED)))
         if put_off:
             if watch.retry is None or watch.retry.finished.is_set():
                 watch.retry = threading.Timer(_RETRY_SECONDS, retry_interrupt, (signum,))
@@ -282,13 +297,19 @@ def stop_signals_interrupt() -> Iterator[None]:
     # Thread.start() would leave the threading module's bookkeeping half done.
     watcher = threading.Thread(target=watcher_loop, name="craftmart-signals", daemon=True)
     watcher.start()
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    previous_int = signal.signal(signal.SIGINT, on_stop)
-    previous_term = signal.signal(signal.SIGTERM, on_stop)
-    _active = watch
-    if "adbc_driver_manager.dbapi" in sys.modules:  # else done as the first connection opens
-        _keep_adbc_off_sigint(watch)
+    previous_int = signal.getsignal(signal.SIGINT)
+    previous_term = signal.getsignal(signal.SIGTERM)
+    previous_fd = -1
     try:
+        # Installed inside the ``try``: a signal landing as soon as the first handler is
+        # in place raises, and the ``finally`` still takes everything back (else the
+        # context would be left active, its spent handler ignoring every later signal).
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGTERM, on_stop)
+        _active = watch
+        if "adbc_driver_manager.dbapi" in sys.modules:  # else as the first connection opens
+            _keep_adbc_off_sigint(watch)
         yield
     except CraftmartError as exc:
         if _received or _CANCELLED_BY_REQUEST in str(exc):
@@ -312,3 +333,7 @@ def stop_signals_interrupt() -> Iterator[None]:
             os.close(read_fd)
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
+
+
+#: The code of ``stop_signals_interrupt`` itself (its generator's frame).
+_OWN_CODE = stop_signals_interrupt.__wrapped__.__code__  # type: ignore[attr-defined]

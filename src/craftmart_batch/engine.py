@@ -89,8 +89,15 @@ class RayEngine:
             # token (its default): true, and not the user's concern mid-run
             logging.getLogger("ray._private.authentication.authentication_token_setup"
                               ).setLevel(logging.ERROR)
-            # Ray's core installs its own handler of SIGTERM (a stack dump, exit 15): the
-            # run's own handlers (``_signals``: cancel, roll back, one line) are put back
+            # The run's own handlers of the stop signals (``_signals``: cancel, roll
+            # back, one line) stay in charge. Ray's core would install a native one of
+            # SIGTERM (a stack dump, then an abort) over them: it is not installed in
+            # this process (Ray reads this flag as it connects; its workers keep
+            # theirs). ``ray.init`` also sets a Python handler of SIGTERM (exit at
+            # once): the previous ones are put back.
+            from ray._private import ray_constants
+
+            ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
             saved = _stop_handlers()
             try:
                 # the workers log to files of their own, not to this terminal. No
