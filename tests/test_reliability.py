@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -351,7 +352,7 @@ def send():
 
 threading.Thread(target=send, daemon=True).start()
 db = Database(parse_dsn(sys.argv[1]))
-conn = None
+conn = connect(db, autocommit=True)  # before the storm: it is about the reads
 done = interrupts = 0
 total, wanted = int(sys.argv[2]), int(sys.argv[3])
 deadline = time.monotonic() + 120
@@ -363,8 +364,6 @@ while more():
     try:
         storm.set()
         with _signals.stop_signals_interrupt():  # as a run: reads until a signal stops it
-            if conn is None:
-                conn = connect(db, autocommit=True)
             while more():
                 assert fetch_value(conn, "select $1::int", (done,)) == done
                 done += 1
@@ -488,6 +487,35 @@ def test_a_signal_never_lands_inside_an_adbc_cursor_close(
     del cur
     gc.collect()
     assert "Underflow" not in capfd.readouterr().err
+
+
+def test_an_interrupt_lost_in_a_callback_is_raised_again(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A stop signal handled inside a weak reference callback (here one of this module;
+    importlib's module locks have such callbacks) raises where Python can only print
+    the exception and go on: it is raised again in the body, and nothing is printed.
+    Lost, it left the handling spent: the command went on, deaf to every later signal."""
+    from craftmart_batch import _signals
+
+    class Owner:
+        pass
+
+    def on_collected(_: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(i for i in range(10_000))  # the handler runs here, inside the callback
+
+    went_on = []
+    with pytest.raises(KeyboardInterrupt), _signals.stop_signals_interrupt():
+        owner = Owner()
+        watched = weakref.ref(owner, on_collected)
+        del owner  # the callback runs now
+        went_on.append(watched() is None)
+        time.sleep(5)  # the interrupt, raised again, lands here
+        went_on.append("after the sleep")
+    assert went_on == [True]
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert _signals._received[-1] == signal.SIGTERM
 
 
 # --------------------------------------------------------------------------- the server goes away

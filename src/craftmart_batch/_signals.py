@@ -33,7 +33,8 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: Code an interrupt must never land in: the threading module's bookkeeping, and weak
 #: reference callbacks and ``__del__`` methods, where an exception is only printed
-#: and lost.
+#: and lost. (Callbacks of other modules cannot be told from their frames: an
+#: interrupt lost there is raised again, see ``on_unraisable``.)
 _NEVER_INTERRUPTED = ("threading", "weakref", "_weakrefset")
 
 #: Code an interrupt had better not land in: ADBC's DB-API layer keeps a statement's
@@ -80,6 +81,9 @@ class _Watch:
     seen: set[int] = field(default_factory=set)
     #: Set once ``KeyboardInterrupt`` has been raised (or may no longer be).
     done: bool = False
+    #: The ``KeyboardInterrupt`` the handler raised last, and the signal it stands for.
+    raised: BaseException | None = None
+    raised_for: int = signal.SIGINT
     #: The pending retry of an interrupt put off (see ``_BETTER_NOT_INTERRUPTED``).
     retry: threading.Timer | None = None
     #: When the first stop signal was handled (the interrupt is put off from there).
@@ -263,11 +267,27 @@ def stop_signals_interrupt() -> Iterator[None]:
                 watch.retry.start()
             return
         watch.done = True
-        raise KeyboardInterrupt
+        watch.raised, watch.raised_for = KeyboardInterrupt(), signum
+        raise watch.raised
 
     def retry_interrupt(signum: int) -> None:
         if not watch.done:
             _thread.interrupt_main(signal.Signals(signum))  # on_stop again, main thread
+
+    def on_unraisable(unraisable: Any) -> None:
+        # The interrupt landed where Python can only print an exception and go on (a
+        # weak reference callback of any module, a native callback...): it is raised
+        # again, at the next place that can take it, instead of being lost (a run
+        # that had stopped listening would go on to commit).
+        if unraisable.exc_value is not None and unraisable.exc_value is watch.raised:
+            watch.raised = None
+            if _active is watch:  # from another thread, once out of this hook
+                watch.done = False
+                watch.retry = threading.Timer(_RETRY_SECONDS, retry_interrupt,
+                                              (watch.raised_for,))
+                watch.retry.start()
+            return
+        previous_unraisable(unraisable)
 
     def watcher_loop() -> None:
         # Python's C-level handler writes each handled signal's number to the wakeup
@@ -300,6 +320,7 @@ def stop_signals_interrupt() -> Iterator[None]:
     previous_int = signal.getsignal(signal.SIGINT)
     previous_term = signal.getsignal(signal.SIGTERM)
     previous_fd = -1
+    previous_unraisable = sys.unraisablehook
     try:
         # Installed inside the ``try``: a signal landing as soon as the first handler is
         # in place raises, and the ``finally`` still takes everything back (else the
@@ -307,6 +328,7 @@ def stop_signals_interrupt() -> Iterator[None]:
         previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGTERM, on_stop)
+        sys.unraisablehook = on_unraisable
         _active = watch
         if "adbc_driver_manager.dbapi" in sys.modules:  # else as the first connection opens
             _keep_adbc_off_sigint(watch)
@@ -322,9 +344,9 @@ def stop_signals_interrupt() -> Iterator[None]:
         # committed), and the cleanup below must not be interrupted. Python's handlers
         # from before come back last, once nothing is left to clean up.
         watch.done = True
+        _active = None
         if watch.retry is not None:
             watch.retry.cancel()
-        _active = None
         _give_adbc_sigint_back(watch)
         signal.set_wakeup_fd(previous_fd)
         os.close(write_fd)  # ends the watcher's read
@@ -333,6 +355,7 @@ def stop_signals_interrupt() -> Iterator[None]:
             os.close(read_fd)
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
+        sys.unraisablehook = previous_unraisable
 
 
 #: The code of ``stop_signals_interrupt`` itself (its generator's frame).
