@@ -262,13 +262,17 @@ def stop_signals_interrupt() -> Iterator[None]:
             or (time.monotonic() - watch.first_put_off < _PUT_OFF_AT_MOST_SECONDS
                 and _in_code(frame, _BETTER_NOT_INTERRUPTED)))
         if put_off:
-            if watch.retry is None or watch.retry.finished.is_set():
-                watch.retry = threading.Timer(_RETRY_SECONDS, retry_interrupt, (signum,))
-                watch.retry.start()
+            retry_soon(signum)
             return
         watch.done = True
         watch.raised, watch.raised_for = KeyboardInterrupt(), signum
         raise watch.raised
+
+    def retry_soon(signum: int) -> None:
+        """The interrupt again in a moment, from a timer (unless one is pending)."""
+        if watch.retry is None or watch.retry.finished.is_set():
+            watch.retry = threading.Timer(_RETRY_SECONDS, retry_interrupt, (signum,))
+            watch.retry.start()
 
     def retry_interrupt(signum: int) -> None:
         if not watch.done:
@@ -283,9 +287,7 @@ def stop_signals_interrupt() -> Iterator[None]:
             watch.raised = None
             if _active is watch:  # from another thread, once out of this hook
                 watch.done = False
-                watch.retry = threading.Timer(_RETRY_SECONDS, retry_interrupt,
-                                              (watch.raised_for,))
-                watch.retry.start()
+                retry_soon(watch.raised_for)
             return
         previous_unraisable(unraisable)
 
