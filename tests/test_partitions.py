@@ -14,9 +14,10 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import add_order, create_sources, query, run, sql, warehouse_state
+from helpers import add_order, create_sources, query, run, settings_for, sql, warehouse_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 from test_incremental import (
     SOURCE_TABLES,
     STEPS,
@@ -31,8 +32,15 @@ from test_incremental import (
 )
 from test_reliability import change_sources, generate_orders, tagged
 
-from craftmart_batch._database import Database
+from craftmart_batch import schema, stages
+from craftmart_batch._database import Database, connection
+from craftmart_batch._sql import execute, fetch_frame, stage
+from craftmart_batch.config import CANONICAL_FIELDS
+from craftmart_batch.extract import hashes as row_hashes
+from craftmart_batch.extract.queries import pull_query
 from craftmart_batch.load.runs import RunReport
+from craftmart_batch.transform import partition as parts
+from craftmart_batch.transform.validate import ORDER_KEY
 
 #: Quarantine by what it says about a row (its id and first sighting depend on history).
 QUARANTINE = ("select source_name, source_order_id, reasons, raw::text as raw,"
@@ -230,3 +238,78 @@ def test_config_sets_partitions_and_budget(db: Database, tmp_path: Path) -> None
     generate_orders(db, 1000, seed=2)
     report = run(db, config=config)
     assert (report.partitions, report.memory_budget_mb) == (3, 1536)
+
+
+def test_a_full_pull_ranges_over_the_primary_key_where_no_index_serves_the_order_key(
+    db: Database,
+) -> None:
+    """source1 and external_source key their orders by `order_id`, which nothing
+    indexes: a full pull's partitions are ranges of their primary key `id` (index range
+    scans, not one scan of the table each), and the rows of a key repeated far apart in
+    `id` are all read with partition 0, so that they are still validated together."""
+    generate_orders(db, 3000, seed=3)
+    first = query(db, "select min(id) as id from source1.craft_market_wide")["id"].item()
+    fields = ", ".join(CANONICAL_FIELDS)  # source1's columns have the canonical names
+    sql(db, f"insert into source1.craft_market_wide (order_id, {fields})"
+            f" overriding system value select order_id, {fields}"
+            " from source1.craft_market_wide where id = $1", (first,))
+    repeated = query(db, "select order_id from source1.craft_market_wide where id = $1",
+                     (first,))["order_id"].item()
+    settings_ = settings_for(db, partitions=4)
+    with connection(db) as conn:
+        schema.migrate(conn)
+        plan = stages.plan(conn, db, settings_, reason=row_hashes.FULL_RUN, delta=None)
+    assert plan.ranges is not None
+    assert {name: scan.column for name, scan in plan.ranges.scans.items()} == {
+        "source1": "id", "external_source": "id"}
+    assert plan.ranges.scans["source1"].repeated == (repeated,)
+    assert plan.ranges.scans["external_source"].repeated == ()
+
+    sources = {s.name: s for s in settings_.sources}
+    for partition in range(4):
+        pulled = query(db, pull_query(sources["source1"], partition=(plan.ranges, partition)))
+        copies = pulled.filter(pl.col("source_order_id") == repeated).height
+        assert copies == (2 if partition == 0 else 0), partition
+        text = plan_of(db, pull_query(sources["source1"], partition=(plan.ranges, partition)))
+        if partition > 0:  # partition 0 scans for the repeated key's rows
+            assert "Seq Scan on craft_market_wide" not in text, text
+    every = pl.concat([
+        query(db, pull_query(source, partition=(plan.ranges, p)))
+        for source in settings_.sources for p in range(4)])
+    assert every.height == 3001
+    assert every.select(ORDER_KEY).is_duplicated().sum() == 2  # the repeated key, once
+
+
+def plan_of(db: Database, statement: str) -> str:
+    """The server's plan of a query, as EXPLAIN prints it."""
+    with connection(db) as conn:
+        execute(conn, "create function pg_temp.plan_of(statement text) returns setof text"
+                      " language plpgsql as $$ begin return query execute 'explain ' ||"
+                      " statement; end $$")
+        found = fetch_frame(conn, "select pg_temp.plan_of($1) as line", (statement,))
+    return "\n".join(found["line"].to_list())
+
+
+def test_a_staged_order_goes_to_the_partition_its_key_falls_in(db: Database) -> None:
+    """A full pull's rows read by their source's scan column reach the partition of
+    their key in memory (``partition_expr``) as the SQL of f_order's partitions puts
+    it (``sql``), for every key: nulls, cut points, sources without keys or no longer
+    registered."""
+    ranges = parts.KeyRanges.between(
+        {"s1": (1, 100), "s2": (1000, 1003), "empty": (None, None)}, 4)
+    keys = pl.DataFrame({
+        "source_name": ["s1"] * 107 + ["s2"] * 8 + ["empty", "gone", "gone"],
+        "source_order_id": [*range(-3, 103), None, *range(998, 1005), None, 5, None, 7],
+    }, schema={"source_name": pl.String, "source_order_id": pl.Int64})
+    in_memory = keys.with_columns(ranges.partition_expr().alias("p"))
+    with connection(db) as conn:
+        staged = stage(conn, "keys", keys)
+        in_sql = pl.concat([
+            fetch_frame(conn, f"select source_name, source_order_id, {p}::bigint as p"
+                              f" from {staged} as k where"
+                              f" {ranges.sql('k.source_name', 'k.source_order_id', p)}")
+            for p in range(4)])
+    assert in_sql.height == keys.height  # each key in exactly one partition
+    assert_frame_equal(in_sql.sort(in_sql.columns, nulls_last=True),
+                       in_memory.sort(in_sql.columns, nulls_last=True))
+    assert set(in_memory["p"]) == {0, 1, 2, 3}

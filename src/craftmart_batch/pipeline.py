@@ -220,6 +220,8 @@ def _load(
             del result
     finally:
         computing.close()  # a run stopped midway: the engine drops the work ahead
+    with _stage(report, "validate", progress):
+        stages.write_quarantine(conn, plan, found)
     dims = stages.resolve_dimensions(conn, db, settings, plan, found,
                                      lambda name: _stage(report, name, progress))
     orders = {"inserted": 0, "updated": 0, "deleted": 0}

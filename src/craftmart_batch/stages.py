@@ -35,8 +35,7 @@ from .config import Settings, Source
 from .errors import CraftmartError
 from .extract import hashes as row_hashes
 from .extract import read
-from .load import dwh, runs
-from .load.quarantine import write_quarantine
+from .load import dwh, quarantine, runs
 from .transform import partition as parts
 from .transform.changes import SourceDelta, rows_per_source
 from .transform.diff import TableDiff, diff_dimensions, diff_table
@@ -141,7 +140,8 @@ def plan(
         ) from None
     if delta is not None:
         return Plan(CHANGES, reason, delta, sizing, first_load)
-    ranges = parts.KeyRanges.between(_key_extents(db, settings), sizing.partitions)
+    ranges = (_pull_ranges(db, settings, sizing.partitions) if sizing.partitions > 1
+              else parts.KeyRanges({}, 1))
     return Plan(EVERYTHING, reason, None, sizing, first_load, ranges)
 
 
@@ -149,17 +149,89 @@ def _order_table(source: Source) -> str:
     return f"{quote_ident(source.schema)}.{quote_ident(source.table)}"
 
 
-def _key_extents(db: Database, settings: Settings) -> dict[str, tuple[int | None, int | None]]:
-    """Each source's smallest and largest order key (two index lookups each)."""
+#: Past this many keys repeated in a source, its full pull is partitioned by key, not by
+#: its scan column: the repeated keys' rows are all read with partition 0.
+MOST_REPEATED_KEYS = 10_000
+
+
+def _pull_ranges(db: Database, settings: Settings, partitions: int) -> parts.KeyRanges:
+    """The partitions of a full pull: ranges of each source's order keys, from its
+    smallest to its largest key; a source whose key no index serves is pulled by ranges
+    of its scan column instead (``parts.Scan``), when its order table has one."""
+    layout = read.per_source(db, settings.sources, _index_query, {
+        "source_name": pl.String(), "key_indexed": pl.Boolean(),
+        "scan_column": pl.String(), "key_nullable": pl.Boolean()})
+    scanned = {name: (column, nullable) for name, indexed, column, nullable
+               in layout.iter_rows() if not indexed and column is not None}
+
     def extent(source: Source) -> str:
         key = quote_ident(source.key)
+        if source.name not in scanned:  # two index lookups, or one scan
+            return (f"select {quote_literal(source.name)}::text as source_name,"
+                    f" min({key})::bigint as low, max({key})::bigint as high,"
+                    " null::bigint as scan_low, null::bigint as scan_high,"
+                    " 0::bigint as repeated_keys, null::text as repeated"
+                    f" from {_order_table(source)}")
+        # one scan of the table, for the keys and the repeated ones among them
+        column = quote_ident(scanned[source.name][0])
+        table = _order_table(source)
         return (f"select {quote_literal(source.name)}::text as source_name,"
-                f" min({key})::bigint as low, max({key})::bigint as high"
-                f" from {_order_table(source)}")
+                f" min(k)::bigint as low, max(k)::bigint as high,"
+                f" (select min({column}) from {table})::bigint as scan_low,"
+                f" (select max({column}) from {table})::bigint as scan_high,"
+                f" count(*) filter (where n > 1)::bigint as repeated_keys,"
+                f" string_agg(k::text, ',') filter (where n > 1) as repeated"
+                f" from (select {key} as k, count(*) as n from {table}"
+                f" where {key} is not null group by {key}) as keys")
 
-    found = read.per_source(db, settings.sources, extent,
-                            {"source_name": pl.String(), "low": pl.Int64(), "high": pl.Int64()})
-    return {name: (low, high) for name, low, high in found.iter_rows()}
+    found = read.per_source(db, settings.sources, extent, {
+        "source_name": pl.String(), "low": pl.Int64(), "high": pl.Int64(),
+        "scan_low": pl.Int64(), "scan_high": pl.Int64(), "repeated_keys": pl.Int64(),
+        "repeated": pl.String()})
+    extents, scans = {}, {}
+    for row in found.iter_rows(named=True):
+        name = row["source_name"]
+        extents[name] = (row["low"], row["high"])
+        if (name not in scanned or row["scan_low"] is None
+                or row["repeated_keys"] > MOST_REPEATED_KEYS):
+            continue
+        repeated = tuple(int(k) for k in row["repeated"].split(",")) if row["repeated"] else ()
+        scans[name] = parts.Scan(
+            scanned[name][0],
+            parts.equal_cuts(row["scan_low"], row["scan_high"], partitions),
+            repeated, key_nullable=scanned[name][1])
+    return parts.KeyRanges.between(extents, partitions, scans)
+
+
+def _index_query(source: Source) -> str:
+    """Whether a btree index leads with the source's order key, and else the column a
+    full pull can range over instead: a unique, non-null integer column with an index
+    of its own (the primary key first); whether the key column allows nulls."""
+    table = f"{quote_literal(_order_table(source))}::regclass"
+    return f"""
+        select {quote_literal(source.name)}::text as source_name,
+            exists (
+                select from pg_index as i
+                inner join pg_class as c on c.oid = i.indexrelid
+                inner join pg_am as am on am.oid = c.relam and am.amname = 'btree'
+                where i.indrelid = {table} and i.indkey[0] = k.attnum
+                    and i.indpred is null and i.indisvalid
+            ) as key_indexed,
+            (
+                select a.attname::text from pg_index as i
+                inner join pg_attribute as a
+                    on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+                where i.indrelid = {table} and i.indisunique and i.indnkeyatts = 1
+                    and i.indpred is null and i.indexprs is null and i.indisvalid
+                    and a.attnotnull
+                    and a.atttypid in ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                order by i.indisprimary desc, a.attnum
+                limit 1
+            ) as scan_column,
+            not k.attnotnull as key_nullable
+        from pg_attribute as k
+        where k.attrelid = {table} and k.attname = {quote_literal(source.key)}
+    """
 
 
 def _source_rows(db: Database, settings: Settings) -> int:
@@ -318,7 +390,9 @@ def apply_partition(
     conn: Connection, run_plan: Plan, result: PartitionResult, found: Collected
 ) -> None:
     """Write one computed partition in the run's transaction: its hashes and quarantine
-    rows; stage its valid orders; keep its dimension candidates in ``found``."""
+    rows; stage its valid orders; keep its dimension candidates in ``found``. A full
+    pull stages its quarantine rows, written once every partition is in
+    (``write_quarantine``), and each valid order with the partition of its key."""
     partition = result.partition
     _add(found.pulled, result.read)
     if run_plan.mode == EVERYTHING:
@@ -326,19 +400,47 @@ def apply_partition(
         _add(found.loaded, result.loaded)
         _add(found.quarantined, result.quarantined)
         row_hashes.append(conn, result.hashes)
-        scope: pl.DataFrame | str | None = (
-            None if run_plan.partitions == 1 else run_plan.key_condition("q", partition))
+        append_temporary(conn, _QUARANTINE_TABLE, quarantine.staged_rows(result.quarantine))
     else:
         row_hashes.store_changes(conn, run_plan.changed_keys(partition), result.hashes)
         scope = run_plan.pull_keys(partition)
-    if not (isinstance(scope, pl.DataFrame) and scope.is_empty()):
-        _add(found.quarantine, write_quarantine(conn, result.quarantine, scope=scope))
+        if not scope.is_empty():
+            _add(found.quarantine, quarantine.write_quarantine(conn, result.quarantine, scope))
     found.candidates.add(result.candidates)
     if run_plan.mode == EVERYTHING and found.candidates.rows > run_plan.sizing.pool_rows:
         found.spill(conn)
-    stage(conn, _staged_orders_table(partition), result.orders,
-          analyze=("craftsman_email", "customer_email"))
+    if run_plan.mode == EVERYTHING:
+        _route_orders(conn, run_plan, result)
+    else:
+        stage(conn, _staged_orders_table(partition), result.orders,
+              analyze=_STAGED_ORDERS_JOINED_ON)
     found.staged_orders += result.orders.height
+
+
+#: The run's temporary table of a full pull's quarantine rows, and the columns of the
+#: staged orders the writes join the dimensions on.
+_QUARANTINE_TABLE = "run_quarantine"
+_STAGED_ORDERS_JOINED_ON = ("craftsman_email", "customer_email")
+
+
+def _route_orders(conn: Connection, run_plan: Plan, result: PartitionResult) -> None:
+    """A full pull's valid orders appended to the staged orders of their keys' partitions
+    (a partition pulled by its sources' scan columns holds orders of several)."""
+    assert run_plan.ranges is not None
+    to = "__partition"
+    routed = result.orders.with_columns(run_plan.ranges.partition_expr().alias(to))
+    by_partition = routed.partition_by(to, as_dict=True, include_key=False)
+    # each partition's table exists once its pull is staged, even with no order of its own
+    by_partition.setdefault((result.partition,), result.orders.clear())
+    for (index, ), orders in by_partition.items():
+        append_temporary(conn, _staged_orders_table(int(index)), orders)
+
+
+def write_quarantine(conn: Connection, run_plan: Plan, found: Collected) -> None:
+    """A full pull: ``craftmart.quarantine`` made to hold the invalid rows its partitions
+    staged, and only them."""
+    if run_plan.mode == EVERYTHING:
+        _add(found.quarantine, quarantine.write_staged(conn, f"pg_temp.{_QUARANTINE_TABLE}"))
 
 
 @dataclass
@@ -567,6 +669,8 @@ def write_partition(conn: Connection, run_plan: Plan, partition: int) -> dict[st
     difference; return what was inserted, updated and deleted. Into an empty f_order
     (a first load) every staged order is new: it is inserted as it is resolved."""
     table = f"pg_temp.{_staged_orders_table(partition)}"
+    if run_plan.mode == EVERYTHING:  # appended to by every partition's pull
+        execute(conn, f"analyze {table} ({', '.join(_STAGED_ORDERS_JOINED_ON)})")
     if run_plan.first_load:
         inserted = dwh.insert_orders(conn, table)
         execute(conn, f"drop table {table}")

@@ -218,13 +218,15 @@ def pull_query(
     """The source query with each row's hash; ``fields=False`` keeps only the key and the
     hash. With ``keys``, only the rows with those order keys (a null among them: and the
     rows without a key); with ``partition`` (ranges, index), only the rows of that
-    partition of the order keys (an index range on the key column)."""
+    partition (an index range on the key column, or on the source's scan column)."""
     columns = "canonical.*" if fields else "canonical.source_name, canonical.source_order_id"
     where = ""
     if partition is not None:
         ranges, index = partition
         key = f"{quote_ident(ORDER_TABLE_ALIAS)}.{quote_ident(source.key)}"
-        where = f"where {ranges.key_sql(source.name, key, index)}"
+        scan = ranges.scans.get(source.name)
+        column = f"{quote_ident(ORDER_TABLE_ALIAS)}.{quote_ident(scan.column)}" if scan else None
+        where = f"where {ranges.pull_sql(source.name, key, index, column)}"
     if keys is not None:
         # on the key column itself (not the bigint cast of the select), so that a few
         # keys are index lookups

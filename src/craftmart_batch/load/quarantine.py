@@ -13,8 +13,13 @@ from .dwh import RUN_TS
 logger = logging.getLogger(__name__)
 
 
+def staged_rows(quarantine: pl.DataFrame) -> pl.DataFrame:
+    """Quarantine rows (``validate``'s) as they are staged in the warehouse."""
+    return quarantine.with_columns(pl.col("reasons", "out_of_range").list.join(","))
+
+
 def write_quarantine(
-    conn: Connection, quarantine: pl.DataFrame, scope: pl.DataFrame | str | None = None
+    conn: Connection, quarantine: pl.DataFrame, scope: pl.DataFrame | None = None
 ) -> dict[str, int]:
     """Make ``craftmart.quarantine`` hold exactly the current invalid rows.
 
@@ -22,22 +27,29 @@ def write_quarantine(
     rows fixed or gone leave; new ones arrive. Returns how many left and arrived.
     With ``scope`` (``source_name, source_order_id``; a null key standing for a source's
     rows without a key) only rows of those orders are considered: ``quarantine`` holds
-    the invalid rows among them, and every other quarantine row stays as it is. A
-    ``scope`` given as text is a SQL condition on the key ``q.source_order_id`` (a
-    partition of the keys) instead.
+    the invalid rows among them, and every other quarantine row stays as it is.
     """
+    staged = stage(conn, "stage_quarantine", staged_rows(quarantine))
+    return write_staged(conn, staged, scope)
+
+
+def write_staged(
+    conn: Connection, table: str, scope: pl.DataFrame | None = None
+) -> dict[str, int]:
+    """``write_quarantine`` of the rows staged in the temporary ``table`` (``staged_rows``,
+    e.g. appended to it partition by partition)."""
     # Identical rows (one order's row repeated verbatim in its source) are each a row of
     # the quarantine: a row's ``copy`` numbers it among its identical ones, here and in
     # the table, so that rows are matched as a multiset and not as a set.
-    staged = stage(
-        conn,
-        "stage_quarantine",
-        quarantine.with_columns(pl.col("reasons", "out_of_range").list.join(",")).with_columns(
-            pl.int_range(pl.len()).over("source_name", "raw", "reasons").alias("copy")),
-    )
-    if isinstance(scope, str):
-        in_scope = f"where {scope}"
-    elif scope is not None:
+    execute(conn, "drop table if exists pg_temp.quarantine_staged")
+    execute(conn, f"""
+        create temporary table quarantine_staged as
+        select s.*, row_number() over (partition by s.source_name, s.raw, s.reasons) - 1 as copy
+        from {table} as s
+    """)
+    execute(conn, "analyze pg_temp.quarantine_staged")
+    staged = "pg_temp.quarantine_staged"
+    if scope is not None:
         staged_scope = stage(conn, "stage_quarantine_scope", scope.select(ORDER_KEY))
         in_scope = f"""
             where (q.source_name, q.source_order_id) in (

@@ -19,7 +19,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -53,28 +54,44 @@ def partition_of(key: pl.Expr, partitions: int) -> pl.Expr:
 
 
 @dataclass(frozen=True)
+class Scan:
+    """How a full pull reads a source whose order key no index serves: its partitions
+    are ranges of ``column``, a unique, non-null integer column the order table indexes
+    (its primary key), so that each is an index range scan and not a scan of the whole
+    table. The rows of one order must still be validated together: the keys
+    ``repeated`` in the source, and the rows without a key when the key column allows
+    them (``key_nullable``), are read with partition 0, wherever they lie."""
+
+    column: str
+    cuts: tuple[int, ...]  # partitions - 1 ascending cut points of the column
+    repeated: tuple[int, ...] = ()
+    key_nullable: bool = False
+
+
+@dataclass(frozen=True)
 class KeyRanges:
     """Every row of the sources split into ``partitions`` by order key: each source's
     keys in consecutive ranges between its smallest and largest key (so each partition
     is an index range scan of the order table, not a scan of all of it). The first range
     is open below and takes the rows without a key, the last open above; rows of a
     source with no keys, and of sources no longer registered (in f_order, quarantine),
-    fall in partition 0."""
+    fall in partition 0.
+
+    A source in ``scans`` is pulled by ranges of another column (``Scan``); its rows
+    then reach their key's partition after the pull (``partition_expr``)."""
 
     cuts: dict[str, tuple[int, ...]]  # per source: partitions - 1 ascending cut points
     partitions: int
+    scans: dict[str, Scan] = field(default_factory=dict)
 
     @classmethod
     def between(cls, extents: dict[str, tuple[int | None, int | None]],
-                partitions: int) -> KeyRanges:
+                partitions: int, scans: dict[str, Scan] | None = None) -> KeyRanges:
         """Equal-width ranges from each source's (smallest, largest) key."""
-        cuts = {}
-        for name, (low, high) in extents.items():
-            if low is None or high is None:
-                continue
-            width = high - low + 1
-            cuts[name] = tuple(low + width * i // partitions for i in range(1, partitions))
-        return cls(cuts, partitions)
+        cuts = {name: equal_cuts(low, high, partitions)
+                for name, (low, high) in extents.items()
+                if low is not None and high is not None}
+        return cls(cuts, partitions, dict(scans or {}))
 
     def key_sql(self, source: str, key: str, partition: int) -> str:
         """A condition on one source's key expression ``key``: it falls in ``partition``."""
@@ -84,6 +101,25 @@ class KeyRanges:
             return "true" if partition == 0 else "false"
         condition = range_conditions(key, self.cuts[source])[partition]
         return f"({condition} or {key} is null)" if partition == 0 else f"({condition})"
+
+    def pull_sql(self, source: str, key: str, partition: int, column: str | None) -> str:
+        """A condition on one source's order table: the rows ``partition`` pulls. ``key``
+        is the order key's SQL; ``column`` the SQL of the source's scan column, if it has
+        one (``scans``), else its rows are pulled by key (``key_sql``)."""
+        scan = self.scans.get(source)
+        if self.partitions == 1 or scan is None:
+            return self.key_sql(source, key, partition)
+        assert column is not None
+        condition = range_conditions(column, scan.cuts)[partition]
+        apart = [f"{key} is null"] if scan.key_nullable else []
+        if scan.repeated:
+            listed = ",".join(str(int(k)) for k in scan.repeated)
+            apart.append(f"{key} = any('{{{listed}}}'::bigint[])")
+        if not apart:
+            return f"({condition})"
+        if partition == 0:
+            return f"({condition} or {' or '.join(apart)})"
+        return f"({condition} and not ({' or '.join(apart)}))"
 
     def sql(self, name: str, key: str, partition: int) -> str:
         """A condition on a table's ``name`` (source name) and ``key`` (order key) columns."""
@@ -95,6 +131,25 @@ class KeyRanges:
             listed = ", ".join(_literal(source) for source in self.cuts)
             ranges.append(f"{name} not in ({listed})" if listed else "true")
         return "(" + " or ".join(ranges) + ")"
+
+    def partition_expr(self, name: str = "source_name", key: str = "source_order_id"
+                       ) -> pl.Expr:
+        """The partition of each row's order key, as ``sql`` puts it: where a row pulled
+        by its source's scan column goes to be written."""
+        if self.partitions == 1 or not self.cuts:
+            return pl.lit(0, dtype=pl.Int64)
+        partition: Any = pl
+        for source, cuts in self.cuts.items():
+            index = pl.sum_horizontal([pl.col(key) >= cut for cut in cuts]).cast(pl.Int64)
+            partition = partition.when(
+                (pl.col(name) == source) & pl.col(key).is_not_null()).then(index)
+        return partition.otherwise(pl.lit(0, dtype=pl.Int64))
+
+
+def equal_cuts(low: int, high: int, partitions: int) -> tuple[int, ...]:
+    """``partitions - 1`` cut points splitting ``low .. high`` into equal-width ranges."""
+    width = high - low + 1
+    return tuple(low + width * i // partitions for i in range(1, partitions))
 
 
 def _literal(text: str) -> str:
