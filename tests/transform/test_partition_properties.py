@@ -80,6 +80,19 @@ def test_key_ranges_cover_each_source_from_its_smallest_to_its_largest_key() -> 
     assert parts.KeyRanges.between({"s1": (1, 100)}, 1).sql("name", "k", 0) == "true"
 
 
+def test_a_source_with_a_scan_column_is_pulled_by_its_ranges_its_repeated_keys_in_0() -> None:
+    scans = {"s1": parts.Scan("id", (10, 20), repeated=(7, 42), key_nullable=True),
+             "s2": parts.Scan("id", (5, 9))}
+    ranges = parts.KeyRanges.between({"s1": (1, 30), "s2": (1, 30), "s3": (1, 30)}, 3, scans)
+    apart = "k is null or k = any('{7,42}'::bigint[])"
+    assert ranges.pull_sql("s1", "k", 0, "id") == f"(id < 10 or {apart})"
+    assert ranges.pull_sql("s1", "k", 1, "id") == f"(id >= 10 and id < 20 and not ({apart}))"
+    assert ranges.pull_sql("s2", "k", 2, "id") == "(id >= 9)"  # no repeats, no nulls
+    assert ranges.pull_sql("s3", "k", 1, None) == ranges.key_sql("s3", "k", 1)  # by key
+    one = parts.KeyRanges.between({"s1": (1, 30)}, 1, scans)
+    assert one.pull_sql("s1", "k", 0, "id") == "true"
+
+
 def test_key_ranges_between_cuts_cover_every_key_once() -> None:
     assert parts.range_conditions("email", []) == ["true"]
     assert parts.range_conditions("email", ["b@x", "o'k@x"]) == [

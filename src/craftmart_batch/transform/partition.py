@@ -4,7 +4,9 @@ partitions a memory budget needs, and the dimension candidates that partitions l
 A run's source rows are split by order key, so every row of one order (repeated keys
 included) is in one partition, and rows without a key in partition 0: a run over every
 row by ranges of each source's keys (``KeyRanges``), a run over changed rows by the
-remainder of the key (``partition_of``).
+remainder of the key (``partition_of``). A run over every row pulls a source whose key
+no index serves by ranges of its primary key instead (``Scan``), and its orders then
+go to their key's partition to be written (``KeyRanges.partition_expr``).
 Each partition reduces its valid rows to one candidate row per entity, its most recent
 (``identity.RECENCY``), carrying the recency columns with it; candidates of several
 partitions reduce again in the same way. Because ``RECENCY`` orders rows totally, the
