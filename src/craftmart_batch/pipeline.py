@@ -220,8 +220,9 @@ def _load(
             del result
     finally:
         computing.close()  # a run stopped midway: the engine drops the work ahead
-    with _stage(report, "validate", progress):
-        stages.write_quarantine(conn, plan, found)
+    if plan.mode == stages.EVERYTHING:  # its partitions staged their quarantine rows
+        with _stage(report, "validate", progress):
+            stages.write_quarantine(conn, found)
     dims = stages.resolve_dimensions(conn, db, settings, plan, found,
                                      lambda name: _stage(report, name, progress))
     orders = {"inserted": 0, "updated": 0, "deleted": 0}

@@ -5,9 +5,11 @@ many partitions of the order keys. ``compute_partition`` then pulls one partitio
 validates it and reduces it to its valid orders and its dimension candidates (one row
 per entity): it reads the sources only, so it runs wherever the engine puts it (in this
 process, or as a Ray task). ``apply_partition`` writes what it found in the run's
-transaction: quarantine rows and hashes, its valid orders staged in a temporary table,
+transaction: quarantine rows and hashes, its valid orders staged in a temporary table
+(of their key's partition: a full pull may read a source by ranges of its primary key),
 and, past the pool's share of the memory budget, the candidates pooled so far (spilled
-to temporary tables). Once every partition is staged, ``resolve_dimensions`` reduces
+to temporary tables). A full pull's quarantine rows are staged, and written once
+every partition is (``write_quarantine``). Then ``resolve_dimensions`` reduces
 the candidates (with, for changed rows, the latest unchanged row of every entity they
 touch) to the dimensions' target rows and writes what differs: spilled candidates a
 range of their keys at a time. ``write_partition`` then diffs each partition's staged
@@ -436,11 +438,10 @@ def _route_orders(conn: Connection, run_plan: Plan, result: PartitionResult) -> 
         append_temporary(conn, _staged_orders_table(int(index)), orders)
 
 
-def write_quarantine(conn: Connection, run_plan: Plan, found: Collected) -> None:
+def write_quarantine(conn: Connection, found: Collected) -> None:
     """A full pull: ``craftmart.quarantine`` made to hold the invalid rows its partitions
     staged, and only them."""
-    if run_plan.mode == EVERYTHING:
-        _add(found.quarantine, quarantine.write_staged(conn, f"pg_temp.{_QUARANTINE_TABLE}"))
+    _add(found.quarantine, quarantine.write_staged(conn, f"pg_temp.{_QUARANTINE_TABLE}"))
 
 
 @dataclass
