@@ -397,23 +397,21 @@ def apply_partition(
     (``write_quarantine``), and each valid order with the partition of its key."""
     partition = result.partition
     _add(found.pulled, result.read)
+    found.candidates.add(result.candidates)
     if run_plan.mode == EVERYTHING:
         _add(found.read, result.read)
         _add(found.loaded, result.loaded)
         _add(found.quarantined, result.quarantined)
         row_hashes.append(conn, result.hashes)
         append_temporary(conn, _QUARANTINE_TABLE, quarantine.staged_rows(result.quarantine))
+        if found.candidates.rows > run_plan.sizing.pool_rows:
+            found.spill(conn)
+        _route_orders(conn, run_plan, result)
     else:
         row_hashes.store_changes(conn, run_plan.changed_keys(partition), result.hashes)
         scope = run_plan.pull_keys(partition)
         if not scope.is_empty():
             _add(found.quarantine, quarantine.write_quarantine(conn, result.quarantine, scope))
-    found.candidates.add(result.candidates)
-    if run_plan.mode == EVERYTHING and found.candidates.rows > run_plan.sizing.pool_rows:
-        found.spill(conn)
-    if run_plan.mode == EVERYTHING:
-        _route_orders(conn, run_plan, result)
-    else:
         stage(conn, _staged_orders_table(partition), result.orders,
               analyze=_STAGED_ORDERS_JOINED_ON)
     found.staged_orders += result.orders.height

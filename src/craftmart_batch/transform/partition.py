@@ -22,7 +22,6 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import polars as pl
 
@@ -140,12 +139,13 @@ class KeyRanges:
         by its source's scan column goes to be written."""
         if self.partitions == 1 or not self.cuts:
             return pl.lit(0, dtype=pl.Int64)
-        partition: Any = pl
-        for source, cuts in self.cuts.items():
-            index = pl.sum_horizontal([pl.col(key) >= cut for cut in cuts]).cast(pl.Int64)
-            partition = partition.when(
-                (pl.col(name) == source) & pl.col(key).is_not_null()).then(index)
-        return partition.otherwise(pl.lit(0, dtype=pl.Int64))
+        # a source's key is in the range after every cut it reaches; else partition 0
+        by_source = [
+            pl.when((pl.col(name) == source) & pl.col(key).is_not_null()).then(
+                pl.sum_horizontal([pl.col(key) >= cut for cut in cuts]).cast(pl.Int64))
+            for source, cuts in self.cuts.items()
+        ]
+        return pl.coalesce(*by_source, pl.lit(0, dtype=pl.Int64))
 
 
 def equal_cuts(low: int, high: int, partitions: int) -> tuple[int, ...]:
