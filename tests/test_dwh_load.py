@@ -6,13 +6,16 @@ import datetime as dt
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from helpers import (
     ORDER_TABLES,
     add_order,
+    citus_nodes,
     create_sources,
     mart,
     query,
@@ -21,8 +24,11 @@ from helpers import (
     sql,
 )
 from test_incremental import _duplicate
+from test_reliability import generate_orders
 
-from craftmart_batch._database import Database
+from craftmart_batch import schema
+from craftmart_batch._database import Database, connection
+from craftmart_batch.load import dwh
 
 D = dt.date
 
@@ -445,6 +451,75 @@ def test_a_rerun_without_source_changes_writes_no_row(db: Database) -> None:
     for refreshed in report.marts.values():
         assert (refreshed["rows_inserted"], refreshed["rows_updated"],
                 refreshed["rows_deleted"]) == (0, 0, 0)
+
+
+#: The tables whose indexes a bulk write drops and builds again after it.
+BULK_TABLES = ("dwh.f_order", "craftmart.source_rows")
+
+
+def indexes(db: Database) -> dict[str, tuple[str, str | None, bool, int]]:
+    """Each index of ``BULK_TABLES`` by name: its definition, the constraint it backs,
+    whether it is valid, and its oid (a new one once it is dropped and built again)."""
+    frame = query(db, f"""
+        select c.relname::text as name, pg_get_indexdef(i.indexrelid) as definition,
+            (select pg_get_constraintdef(k.oid) from pg_constraint as k
+             where k.conindid = i.indexrelid) as constraint_definition,
+            i.indisvalid and i.indisready as valid, c.oid::bigint as oid
+        from pg_index as i inner join pg_class as c on c.oid = i.indexrelid
+        where i.indrelid in ({", ".join(f"'{t}'::regclass" for t in BULK_TABLES)})
+    """)
+    return {name: tuple(rest) for name, *rest in frame.iter_rows()}
+
+
+def rebuilt(before: dict[str, tuple[Any, ...]], after: dict[str, tuple[Any, ...]]) -> set[str]:
+    """The indexes built again between ``before`` and ``after``: the same name and
+    definition, valid, a new oid."""
+    assert {n: d[:3] for n, d in after.items()} == {n: d[:3] for n, d in before.items()}
+    assert all(valid for _, _, valid, _ in after.values())
+    return {name for name in after if after[name][3] != before[name][3]}
+
+
+def test_a_bulk_first_load_builds_every_index_after_its_writes_as_declared(
+    make_db: Callable[[], Database], pg_server: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first load of many orders builds f_order's indexes, its primary and unique keys
+    included (on Citus: the others only), after its inserts; every full pull builds the
+    stored hashes' key after appending them. They come back as declared, valid, and the
+    warehouse and hashes are those of a load that writes index entries row by row."""
+    bulk, plain = make_db(), make_db()
+    for db in (bulk, plain):
+        generate_orders(db, 400, seed=11)
+        with connection(db) as conn:
+            schema.migrate(conn)
+            conn.commit()
+    declared = {db.params["dbname"]: indexes(db) for db in (bulk, plain)}
+    assert len(declared[plain.params["dbname"]]) == 7
+
+    monkeypatch.setattr(dwh, "BULK_LOAD_ROWS", 1)
+    report = run(bulk)
+    monkeypatch.setattr(dwh, "BULK_LOAD_ROWS", 10**9)
+    run(plain)
+
+    loaded = indexes(bulk)
+    kept_on_citus = {"f_order_pk", "f_order_source_uq"} if citus_nodes(pg_server) else set()
+    assert rebuilt(declared[bulk.params["dbname"]], loaded) == set(loaded) - kept_on_citus
+    assert rebuilt(declared[plain.params["dbname"]], indexes(plain)) == {"source_rows_pk"}
+
+    def content(db: Database) -> tuple[pl.DataFrame, pl.DataFrame]:
+        # by natural key: order_id follows the order the server inserts in
+        return (query(db, "select * from dwh.f_order order by source_name, source_order_id")
+                .drop("order_id", "load_dttm"),
+                query(db, "select * from craftmart.source_rows"
+                          " order by source_name, source_order_id"))
+
+    orders, hashes = content(bulk)
+    assert orders.height == report.dwh["f_order"]["inserted"] > 0 and hashes.height > 0
+    assert content(plain)[0].equals(orders) and content(plain)[1].equals(hashes)
+
+    # a --full run: the hashes' key is built again, f_order's indexes are left alone
+    run(bulk, full=True)
+    assert rebuilt(loaded, indexes(bulk)) == {"source_rows_pk"}
+    assert content(bulk)[1].equals(hashes)
 
 
 def test_surrogate_keys_stay_when_attributes_change(db: Database) -> None:

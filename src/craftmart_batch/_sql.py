@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
@@ -180,3 +182,56 @@ def append_temporary(conn: Connection, name: str, frame: pl.DataFrame) -> str:
     once the appends are done."""
     _ingest(conn, name, frame, "create_append", temporary=True)
     return f"pg_temp.{quote_ident(name)}"
+
+
+
+@dataclass(frozen=True)
+class DroppedIndexes:
+    """A table's indexes, dropped for a bulk write (``drop_indexes``)."""
+
+    statements: tuple[str, ...]  # what builds them again, as declared
+
+    def build(self, conn: Connection) -> None:
+        """Build the indexes again: one sorted build each, instead of an entry per row
+        written (a unique one checks its uniqueness now)."""
+        for statement in self.statements:
+            execute(conn, statement)
+
+
+def drop_indexes(
+    conn: Connection, schema: str, table: str, *, unique: bool = True
+) -> DroppedIndexes:
+    """Drop a table's indexes for a bulk write; with ``unique``, its primary key and
+    unique constraints too, else only the indexes that enforce nothing. Inside the run's
+    transaction: a failure before ``build`` rolls the drop back with everything else."""
+    found = fetch_frame(conn, """
+        select c.relname::text as name, pg_get_indexdef(i.indexrelid) as index_definition,
+            k.conname::text as constraint_name, pg_get_constraintdef(k.oid) as definition
+        from pg_index as i
+        inner join pg_class as c on c.oid = i.indexrelid
+        left join pg_constraint as k on k.conindid = i.indexrelid and k.conrelid = i.indrelid
+            and k.contype in ('p', 'u')
+        where i.indrelid = ($1 || '.' || $2)::regclass and (not i.indisunique or $3)
+        order by k.contype nulls last, c.relname
+    """, (quote_ident(schema), quote_ident(table), unique))
+    qualified = f"{quote_ident(schema)}.{quote_ident(table)}"
+    statements = []
+    for name, index, constraint, definition in found.iter_rows():
+        if constraint is None:
+            execute(conn, f"drop index {quote_ident(schema)}.{quote_ident(name)}")
+            statements.append(index)
+        else:
+            execute(conn, f"alter table {qualified} drop constraint {quote_ident(constraint)}")
+            statements.append(f"alter table {qualified} add constraint"
+                              f" {quote_ident(constraint)} {definition}")
+    return DroppedIndexes(tuple(statements))
+
+
+@contextmanager
+def indexes_built_after(
+    conn: Connection, schema: str, table: str, *, unique: bool = True
+) -> Iterator[None]:
+    """A table's indexes dropped for the bulk write inside, built again after it."""
+    dropped = drop_indexes(conn, schema, table, unique=unique)
+    yield
+    dropped.build(conn)

@@ -200,8 +200,8 @@ def _load(
 ) -> None:
     """The DWH and quarantine made to match the sources, partition by partition."""
     found = stages.Collected()
-    if plan.mode == stages.EVERYTHING:
-        row_hashes.reset(conn)
+    # a full pull appends every hash afresh; their key is built once they are all in
+    hashes_key = row_hashes.reset(conn) if plan.mode == stages.EVERYTHING else None
     works = [stages.partition_work(db, settings, plan, p) for p in range(plan.partitions)]
     computing = engine.map(works)
     try:
@@ -220,9 +220,10 @@ def _load(
             del result
     finally:
         computing.close()  # a run stopped midway: the engine drops the work ahead
-    if plan.mode == stages.EVERYTHING:  # its partitions staged their quarantine rows
+    if hashes_key is not None:  # its partitions staged their quarantine rows
         with _stage(report, "validate", progress):
             stages.write_quarantine(conn, found)
+            hashes_key.build(conn)
     dims = stages.resolve_dimensions(conn, db, settings, plan, found,
                                      lambda name: _stage(report, name, progress))
     orders = {"inserted": 0, "updated": 0, "deleted": 0}

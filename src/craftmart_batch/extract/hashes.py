@@ -23,7 +23,7 @@ import polars as pl
 
 from .. import __version__, logic
 from .._database import Database, quote_literal
-from .._sql import Connection, execute, fetch_frame, stage
+from .._sql import Connection, DroppedIndexes, drop_indexes, execute, fetch_frame, stage
 from .._sql import append as append_frame
 from ..config import Source
 from ..transform.changes import (
@@ -194,10 +194,12 @@ def compare_query(source: Source) -> str:
     """
 
 
-def reset(conn: Connection) -> None:
+def reset(conn: Connection) -> DroppedIndexes:
     """Forget every stored hash: a run that pulls everything keeps them afresh
-    (``append``, then ``store_state``)."""
+    (``append``, then ``store_state``). Their key is dropped meanwhile: ``build`` what
+    this returns once they are all in."""
     execute(conn, "truncate craftmart.source_rows")
+    return drop_indexes(conn, "craftmart", "source_rows")
 
 
 def append(conn: Connection, pulled: pl.DataFrame) -> None:

@@ -10,8 +10,15 @@ from contextlib import contextmanager
 import polars as pl
 
 from .. import citus
-from .._database import quote_ident, quote_literal
-from .._sql import Connection, execute, fetch_frame, fetch_value, stage
+from .._database import quote_literal
+from .._sql import (
+    Connection,
+    execute,
+    fetch_frame,
+    fetch_value,
+    indexes_built_after,
+    stage,
+)
 from ..transform.diff import Scope, TableDiff, WarehouseDiff
 from ..transform.identity import (
     CRAFTSMAN_KEY,
@@ -23,8 +30,8 @@ from ..transform.identity import (
 
 logger = logging.getLogger(__name__)
 
-#: A first load of at least this many orders builds f_order's secondary indexes after
-#: the insert instead of row by row (several times faster at a million orders).
+#: A first load of at least this many orders builds f_order's indexes after the inserts
+#: instead of row by row (``bulk_load``).
 BULK_LOAD_ROWS = 100_000
 
 #: The run's timestamp, set once per transaction: every row it writes carries it.
@@ -421,12 +428,13 @@ ENTITY_ID = {"d_craftsman": "craftsman_id", "d_customer": "customer_id",
 
 @contextmanager
 def bulk_load(conn: Connection, *, enabled: bool) -> Iterator[None]:
-    """A first load of many orders: f_order's secondary indexes are built after the
-    inserts instead of row by row (several times faster at a million orders)."""
+    """A first load of many orders: f_order's indexes are built after the inserts instead
+    of row by row, its keys too (several times faster at a million orders). On Citus the
+    unique ones stay: each is one per shard."""
     if not enabled:
         yield
         return
-    with _secondary_indexes_dropped(conn, "dwh", "f_order"):
+    with indexes_built_after(conn, "dwh", "f_order", unique=not citus.is_distributed(conn)):
         yield
 
 
@@ -474,30 +482,6 @@ def _log_orders_of(conn: Connection, condition: str) -> None:
         where {condition}
         """,
     )
-
-
-@contextmanager
-def _secondary_indexes_dropped(conn: Connection, schema: str, table: str) -> Iterator[None]:
-    """Drop a table's non-unique indexes for a bulk insert, then build them again.
-
-    Inside the run's transaction: a failure rolls the drop back with everything else.
-    """
-    indexes = fetch_frame(
-        conn,
-        """
-        select i.indexname, i.indexdef
-        from pg_indexes as i
-        inner join pg_class as c on c.relname = i.indexname
-        inner join pg_index as x on x.indexrelid = c.oid
-        where i.schemaname = $1 and i.tablename = $2 and not x.indisunique
-        """,
-        (schema, table),
-    )
-    for name in indexes["indexname"]:
-        execute(conn, f"drop index {quote_ident(schema)}.{quote_ident(name)}")
-    yield
-    for definition in indexes["indexdef"]:
-        execute(conn, definition)
 
 
 def write_people(
