@@ -184,7 +184,6 @@ def append_temporary(conn: Connection, name: str, frame: pl.DataFrame) -> str:
     return f"pg_temp.{quote_ident(name)}"
 
 
-
 @dataclass(frozen=True)
 class DroppedIndexes:
     """A table's indexes, dropped for a bulk write (``drop_indexes``)."""
