@@ -430,8 +430,8 @@ ENTITY_ID = {"d_craftsman": "craftsman_id", "d_customer": "customer_id",
 def bulk_load(conn: Connection, *, enabled: bool) -> Iterator[None]:
     """A first load of many orders: f_order's indexes, its primary and unique keys
     included, are built after the inserts instead of an entry per row (at a million
-    orders the insert took 10.7 s with its keys, 4.8 s without them and 2.6 s to build
-    them). On Citus the unique ones stay: each is one per shard."""
+    orders the insert took 10.7 s with its two keys; 3.3 s without them, and 3.7 s to
+    build them). On Citus the unique ones stay: each is one per shard."""
     if not enabled:
         yield
         return
