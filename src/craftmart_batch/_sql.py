@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -225,12 +224,3 @@ def drop_indexes(
                               f" {quote_ident(constraint)} {definition}")
     return DroppedIndexes(tuple(statements))
 
-
-@contextmanager
-def indexes_built_after(
-    conn: Connection, schema: str, table: str, *, unique: bool = True
-) -> Iterator[None]:
-    """A table's indexes dropped for the bulk write inside, built again after it."""
-    dropped = drop_indexes(conn, schema, table, unique=unique)
-    yield
-    dropped.build(conn)

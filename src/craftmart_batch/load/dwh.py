@@ -13,10 +13,10 @@ from .. import citus
 from .._database import quote_literal
 from .._sql import (
     Connection,
+    drop_indexes,
     execute,
     fetch_frame,
     fetch_value,
-    indexes_built_after,
     stage,
 )
 from ..transform.diff import Scope, TableDiff, WarehouseDiff
@@ -435,8 +435,9 @@ def bulk_load(conn: Connection, *, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    with indexes_built_after(conn, "dwh", "f_order", unique=not citus.is_distributed(conn)):
-        yield
+    dropped = drop_indexes(conn, "dwh", "f_order", unique=not citus.is_distributed(conn))
+    yield
+    dropped.build(conn)
 
 
 def _changed(
