@@ -479,6 +479,57 @@ def test_apply_changes_moves_statuses_forward_and_changes_addresses(
     assert changed.height > 0
 
 
+def test_changes_put_back_the_texts_of_the_rows_they_rewrite(
+    conn: Any, generated: gen.GenerateSummary
+) -> None:
+    """Changes are worked out without the order rows' long texts, which the rows they
+    write take back: a rewritten order keeps its product's and craftsman's texts, an order
+    moved to another customer takes that customer's, a customer who moves house has the
+    new address on every order, and a new order has the texts of the order it copies."""
+    texts = ("product_name, product_description, craftsman_name, craftsman_address,"
+             " customer_name, customer_address")
+    sql = f"select id, customer_id, product_id, {texts} from source1.craft_market_wide"
+    before = fetch_frame(conn, sql)
+    summary = gen.apply_changes(conn, 1000, 3)
+    after = fetch_frame(conn, sql)
+    assert summary.applied["customer_moves"] > 0 and summary.applied["product_changes"] > 0
+    product = ["product_id", "product_name", "product_description", "craftsman_name",
+               "craftsman_address"]
+    customer = ["customer_id", "customer_name"]
+
+    kept = before.join(after, on="id", suffix="_now")
+    assert kept.height >= before.height - summary.rows_deleted
+    for c in product[1:]:
+        assert kept.filter(pl.col(c).ne_missing(pl.col(f"{c}_now"))).is_empty(), c
+    stayed = kept.filter(pl.col("customer_id") == pl.col("customer_id_now"))
+    assert stayed.filter(pl.col("customer_name").ne_missing(pl.col("customer_name_now"))
+                         ).is_empty()
+    moved = kept.filter(pl.col("customer_id") != pl.col("customer_id_now")).select(
+        pl.col("customer_id_now").alias("customer_id"),
+        pl.col("customer_name_now").alias("customer_name"))
+    assert moved.height > 0
+    assert moved.join(before.select(customer), on=customer, how="anti",
+                      nulls_equal=True).is_empty()
+
+    rehoused = stayed.filter(
+        pl.col("customer_address").ne_missing(pl.col("customer_address_now")))
+    assert rehoused.height > 0
+    # on the orders there before (a new order copies its template's row as it was)
+    addresses = after.filter(pl.col("id") <= before["id"].max()).join(
+        rehoused.select("customer_id").unique(), on="customer_id")
+    assert addresses.group_by("customer_id").agg(pl.col("customer_address").n_unique())[
+        "customer_address"].max() == 1
+    assert addresses.join(before.select("customer_id", "customer_address"),
+                          on=["customer_id", "customer_address"]).is_empty()
+
+    new = after.filter(pl.col("id") > before["id"].max())
+    assert new.height > 0
+    assert new.join(before.select(product), on=product, how="anti",
+                    nulls_equal=True).is_empty()
+    assert new.join(before.select(customer), on=customer, how="anti",
+                    nulls_equal=True).is_empty()
+
+
 def test_apply_changes_is_deterministic_for_a_seed(make_db: Any) -> None:
     """The same sources and seed give the same changed sources."""
     digests = []

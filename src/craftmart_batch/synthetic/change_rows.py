@@ -48,6 +48,35 @@ logger = logging.getLogger(__name__)
 Write = tuple[str, str, pl.DataFrame]  # (table, "update" | "delete" | "append", rows)
 
 
+#: Text columns of the order tables that no change reads (names, addresses, product
+#: descriptions: hundreds of characters per row in real-shaped sources). Changes are
+#: worked out on the order rows without them, so that changing a large source does not
+#: hold its texts; the rows a change appends carry where to take them from instead
+#: (``TEXT_SOURCES``), and ``texts_added`` puts them back.
+TEXTS = ("craftsman_name", "craftsman_address", "product_name", "product_description",
+         "customer_name", "customer_address")
+TEXTS_OF = "_texts_of"  # the key of the order row whose texts an appended row keeps
+CUSTOMER_TEXTS_OF = "_customer_texts_of"  # the same for its customer's texts (a move's donor)
+NEW_ADDRESS = "_new_address"  # a moving customer's new address, in place of the one read
+TEXT_SOURCES = (TEXTS_OF, CUSTOMER_TEXTS_OF, NEW_ADDRESS)
+
+
+def texts_added(rows: pl.DataFrame, texts: pl.DataFrame, key: str, columns: list[str]
+                ) -> pl.DataFrame:
+    """Appended order ``rows`` with their texts, in the table's ``columns``: ``texts``
+    holds the texts of the rows they were taken from, by ``key``."""
+    customer = [c for c in texts.columns if c.startswith("customer_")]
+    other = [c for c in texts.columns if c != key and c not in customer]
+    rows = rows.join(texts.select(pl.col(key).alias(TEXTS_OF), *other), on=TEXTS_OF,
+                     how="left", maintain_order="left")
+    rows = rows.join(texts.select(pl.col(key).alias(CUSTOMER_TEXTS_OF), *customer),
+                     on=CUSTOMER_TEXTS_OF, how="left", maintain_order="left")
+    if "customer_address" in customer:
+        rows = rows.with_columns(
+            pl.coalesce(NEW_ADDRESS, "customer_address").alias("customer_address"))
+    return rows.select(columns)
+
+
 def change_source(
     rng: np.random.Generator,
     s: int,
@@ -61,6 +90,8 @@ def change_source(
 
     Changed order rows are deleted and appended again: an update may not set the
     ``generated always`` identity columns that a customer move changes in source1/2.
+    The order rows come without their ``TEXTS``; so do the appended ones, which say
+    where to take them from (``TEXT_SOURCES``, for ``texts_added``).
     With ``full``, customers who move get full street addresses drawn from it.
     """
     source = SOURCES[s]
@@ -79,7 +110,8 @@ def change_source(
         "_someday": as_dates(rng.integers(D0, today + 1, n)),
     })
     flags = canon.select(pl.col(RULES).name.prefix("_"))
-    w = pl.concat([orders, aux, flags], how="horizontal")
+    w = pl.concat([orders, aux, flags], how="horizontal").with_columns(
+        pl.col(lay.pk).alias(TEXTS_OF), pl.col(lay.pk).alias(CUSTOMER_TEXTS_OF))
     k, variant, lag = pl.col("_kind"), pl.col("_variant"), pl.duration(days="_lag")
     created, completion = pl.col("order_created_date"), pl.col("order_completion_date")
     status = pl.col("order_status")
@@ -163,7 +195,7 @@ def change_source(
         valid_rows = np.flatnonzero(canon["valid"].to_numpy())
         if len(movers):
             donor[movers] = valid_rows[rng.integers(0, len(valid_rows), len(movers))]
-        cols = [c for c in orders.columns if c.startswith("customer_")]
+        cols = [c for c in orders.columns if c.startswith("customer_")] + [CUSTOMER_TEXTS_OF]
         donated = w.select(cols)[donor].rename({c: f"_donor_{c}" for c in cols})
         w = pl.concat([w, donated], how="horizontal").with_columns(
             pl.when(k == REHOME).then(f"_donor_{c}").otherwise(c).alias(c) for c in cols)
@@ -196,17 +228,18 @@ def change_source(
     if lay.customers:
         writes.append((lay.customers, "update", _changed_parent(
             rng, tables[lay.customers], "customer", s, fixed["customer_id"], moving=moving)))
-    else:  # a move rewrites the address on every order row of the customer
+    else:  # a move rewrites the address on every order row of the customer (texts_added)
         w = w.join(moving, on="customer_id", how="left", maintain_order="left").with_columns(
-            pl.coalesce("_new_address", "customer_address").alias("customer_address"),
             (pl.col("_touched") | pl.col("_new_address").is_not_null()).alias("_touched"))
+    if NEW_ADDRESS not in w.columns:
+        w = w.with_columns(pl.lit(None, pl.String).alias(NEW_ADDRESS))
 
     deleted = k.is_in([DELETE, DELETE_INVALID])
     new = _new_orders(rng, orders, lay, plan.recent[s], plan.late[s], today)
     writes.append((lay.orders, "delete",
                    w.filter(pl.col("_touched") | deleted).select(lay.pk)))
     writes.append((lay.orders, "append", pl.concat([
-        w.filter(pl.col("_touched") & ~deleted).select(orders.columns), new])))
+        w.filter(pl.col("_touched") & ~deleted).select(*orders.columns, *TEXT_SOURCES), new])))
     return writes, new.height, int(np.isin(kind, (DELETE, DELETE_INVALID)).sum())
 
 
@@ -308,6 +341,9 @@ def _new_orders(
     status, completion, has_completion = lifecycle(rng, created, today + 14)
     ids = {column: cast(int, orders[column].max() or 0) for column in (lay.pk, *lay.order_ids)}
     return orders[rows].with_columns(
+        pl.col(lay.pk).alias(TEXTS_OF),  # a template's texts, customer's included, as they are
+        pl.col(lay.pk).alias(CUSTOMER_TEXTS_OF),
+        pl.lit(None, pl.String).alias(NEW_ADDRESS),
         *[pl.Series(column, top + 1 + np.arange(m), dtype=pl.Int64) for column, top in ids.items()],
         order_created_date=as_dates(created),
         order_completion_date=as_dates(completion).scatter(np.flatnonzero(~has_completion), None),

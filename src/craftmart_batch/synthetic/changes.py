@@ -13,7 +13,7 @@ from .._database import quote_ident
 from .._sql import execute, fetch_frame, stage
 from ..errors import CraftmartError
 from .change_plan import LAYOUTS, PARENT_KEYS, allocate, canonical, change_plan
-from .change_rows import change_source
+from .change_rows import CUSTOMER_TEXTS_OF, TEXTS, TEXTS_OF, change_source, texts_added
 from .common import D1, SOURCES, TABLES, Shape, check_shape, counts_text, qualified, stream
 from .sources import create_sources, ingest, sync_identities
 
@@ -77,6 +77,10 @@ def apply_changes(conn: Any, changes: int, seed: int, *, shape: Shape = "real") 
             writes, inserted[source], deleted[source] = change_source(
                 stream(seed, 10, s), s, tables, canon[s], plan, today,
                 stream(seed, 11, s) if shape == "real" else None)
+            # the texts of appended rows are read before the rows they come from go
+            writes = [(table, operation, _texts_added(conn, table, frame)
+                       if operation == "append" else frame)
+                      for table, operation, frame in writes]
             for table, operation, frame in writes:
                 _write(conn, table, operation, frame)
         sync_identities(conn)
@@ -122,8 +126,32 @@ def _write(conn: Any, table: str, operation: str, frame: pl.DataFrame) -> None:
 
 
 def _read_sources(conn: Any) -> dict[str, pl.DataFrame]:
+    """Every source table in key order; order tables without their ``TEXTS``."""
+    orders = {layout.orders for layout in LAYOUTS.values()}
     tables = {}
     for table, identity in TABLES.items():
+        columns = "*"
+        if table in orders:
+            columns = ", ".join(quote_ident(c) for c in _columns(conn, table) if c not in TEXTS)
         tables[table] = fetch_frame(
-            conn, f"select * from {qualified(table)} order by {quote_ident(identity[0])}")
+            conn, f"select {columns} from {qualified(table)} order by {quote_ident(identity[0])}")
     return tables
+
+
+def _columns(conn: Any, table: str) -> list[str]:
+    return fetch_frame(conn, f"select * from {qualified(table)} limit 0").columns
+
+
+def _texts_added(conn: Any, table: str, rows: pl.DataFrame) -> pl.DataFrame:
+    """Appended order rows with the texts of the rows they name (``texts_added``)."""
+    columns = _columns(conn, table)
+    if not rows.height:
+        return rows.select(c for c in rows.columns if c in columns)
+    key = TABLES[table][0]
+    keys = pl.concat([rows[TEXTS_OF], rows[CUSTOMER_TEXTS_OF]]).unique().alias(key)
+    staged = stage(conn, "craftmart_generate_texts", keys.to_frame())
+    texts = ", ".join(f"t.{quote_ident(c)}" for c in columns if c in TEXTS)
+    found = fetch_frame(conn, f"select t.{quote_ident(key)}, {texts} from {qualified(table)}"
+                              f" as t join {staged} as s using ({quote_ident(key)})")
+    execute(conn, f"drop table {staged}")
+    return texts_added(rows, found, key, columns)
