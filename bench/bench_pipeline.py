@@ -3,8 +3,9 @@
 Each size gets a fresh database (a temporary embedded server unless --dsn). Every step
 is its own `craftmart-batch` process (generate, generate --changes, run --json), so the
 peak RSS of a step is that process's own. Prints a table per size and writes one JSON
-file for all sizes. Sources are generated with real-shaped rows (descriptions of 300-600
-characters, full street addresses) unless `--shape narrow`. Example:
+file for all sizes, again after every step (a size still running has "complete": false).
+Sources are generated with real-shaped rows (descriptions of 300-600 characters, full
+street addresses) unless `--shape narrow`. Example:
 
     .venv/bin/python bench/bench_pipeline.py --orders 100000 1000000 --changes 0.001 0.01
 """
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -134,9 +136,11 @@ def timed_run(db: Database, cli_opts: list[str], label: str, kind: str, *,
 
 def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
           seed: int, shape: str = "real", gen_opts: list[str] | None = None,
-          setup: list[str] | None = None) -> dict[str, Any]:
+          setup: list[str] | None = None,
+          measured: Callable[[dict[str, Any]], None] = lambda result: None) -> dict[str, Any]:
     """Generate (into ``gen_opts``' database: the sources' own, or the warehouse by
-    default), set up change capture (``setup``: a command), then time the runs."""
+    default), set up change capture (``setup``: a command), then time the runs; each
+    step's figures go to ``measured`` as soon as they are taken (the result so far)."""
     gen_opts = cli_opts if gen_opts is None else gen_opts
     gen = step(["generate", *gen_opts, "--orders", str(orders), "--seed", str(seed),
                 "--shape", shape, "--replace"])
@@ -151,8 +155,16 @@ def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
     print(f"  {'generate':<28} {generated['seconds']:8.2f} s  "
           f"RSS {generated['peak_rss_mb']:7.0f} MB  DB {generated['database_mb']:7.0f} MB",
           flush=True)
-    runs = [timed_run(db, cli_opts, "first load", "first load"),
-            timed_run(db, cli_opts, "no change", "no change")]
+    runs: list[dict[str, Any]] = []
+    result = {"orders": orders, "generate": generated, "runs": runs, "complete": False}
+    measured(result)
+
+    def timed(*args: Any, **kwargs: Any) -> None:
+        runs.append(timed_run(db, cli_opts, *args, **kwargs))
+        measured(result)
+
+    timed("first load", "first load")
+    timed("no change", "no change")
     for i, share in enumerate(shares):
         count = max(1, int(orders * share))
         changed = step(["generate", *gen_opts, "--changes", str(count),
@@ -160,13 +172,16 @@ def bench(db: Database, cli_opts: list[str], orders: int, shares: list[float],
         apply = {"seconds": round(changed["seconds"], 2),
                  "peak_rss_mb": round(changed["peak_rss_mb"], 1),
                  "summary": changed["stdout"].strip()}
-        runs.append(timed_run(db, cli_opts, f"{count:,} changes ({share_label(share)})",
-                              "change", share=share, changes=count, apply=apply))
+        print(f"  {'generate --changes ' + str(count):<28} {apply['seconds']:8.2f} s  "
+              f"RSS {apply['peak_rss_mb']:7.0f} MB", flush=True)
+        timed(f"{count:,} changes ({share_label(share)})", "change", share=share,
+              changes=count, apply=apply)
     if AGAIN:  # steady state: nothing changed since the last run (which read the changes)
-        runs.append(timed_run(db, cli_opts, "no change, again", "no change"))
+        timed("no change, again", "no change")
     if not SKIP_FULL:
-        runs.append(timed_run(db, cli_opts, "run --full", "full"))
-    return {"orders": orders, "generate": generated, "runs": runs}
+        timed("run --full", "full")
+    result["complete"] = True
+    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -262,7 +277,16 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
           f"PostgreSQL {info['postgres_major']}, Python {info['python']}, "
           f"polars {info['polars']}", flush=True)
     config = ["--config", str(args.config)] if args.config else []
-    results = []
+    results: list[dict[str, Any]] = []
+    data = {
+        "machine": info,
+        "settings": {"seed": args.seed, "changes": args.changes, "shape": args.shape,
+                     "sources": args.sources, "capture": args.capture,
+                     "sources_server": "its own" if args.sources == "apart" else None,
+                     "config": str(args.config) if args.config else None,
+                     "run_options": RUN_OPTS},
+        "results": results,
+    }
     for orders in args.orders:
         name = f"craftmart_bench_{orders}"
         # on a Citus coordinator: on every node, with the extension, the workers registered
@@ -281,19 +305,24 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
             gen_opts = ["--dsn", shop.libpq_uri()]
             if args.capture == "logical":
                 setup = ["sources", "setup", *run_opts]
-        result = bench(db, run_opts, orders, args.changes, args.seed, args.shape,
-                       gen_opts, setup)
-        print_table(result)
-        results.append(result)
-    return {
-        "machine": info,
-        "settings": {"seed": args.seed, "changes": args.changes, "shape": args.shape,
-                     "sources": args.sources, "capture": args.capture,
-                     "sources_server": "its own" if args.sources == "apart" else None,
-                     "config": str(args.config) if args.config else None,
-                     "run_options": RUN_OPTS},
-        "results": results,
-    }
+        done = len(results)
+
+        def measured(result: dict[str, Any], done: int = done) -> None:
+            # written after every step: a step that fails later keeps what came before
+            del results[done:]
+            results.append(result)
+            save(args.out, data)
+
+        print_table(bench(db, run_opts, orders, args.changes, args.seed, args.shape,
+                          gen_opts, setup, measured))
+    return data
+
+
+def save(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
 
 
 def main() -> int:
@@ -359,9 +388,10 @@ def main() -> int:
                 server = stack.enter_context(throwaway_embedded("craftmart-bench-pg-"))
                 data = bench_all(server, args)
     except StepFailed:
+        print(f"what was measured before is in {args.out} (\"complete\": false)",
+              file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=2) + "\n")
+    save(args.out, data)
     print(f"written {args.out}")
     return 0
 
