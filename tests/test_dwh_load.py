@@ -454,7 +454,8 @@ def test_a_rerun_without_source_changes_writes_no_row(db: Database) -> None:
 
 
 #: The tables whose indexes a bulk write drops and builds again after it.
-BULK_TABLES = ("dwh.f_order", "craftmart.source_rows")
+BULK_TABLES = ("dwh.f_order", "craftmart.source_rows", "marts.customer_report_datamart",
+               "marts.craftsman_report_datamart")
 
 
 def indexes(db: Database) -> dict[str, tuple[str, str | None, bool, int]]:
@@ -484,8 +485,9 @@ def test_a_bulk_first_load_builds_every_index_after_its_writes_as_declared(
 ) -> None:
     """A first load of many orders builds f_order's indexes, its primary and unique keys
     included (on Citus: the others only), after its inserts; every full pull builds the
-    stored hashes' key after appending them. They come back as declared, valid, and the
-    warehouse and hashes are those of a load that writes index entries row by row."""
+    stored hashes' key after appending them, and every first build of a mart its keys
+    after its appends. They come back as declared, valid, and the warehouse, hashes and
+    marts are those of a load that writes index entries row by row."""
     bulk, plain = make_db(), make_db()
     on_citus = citus_nodes(pg_server) is not None
     for db in (bulk, plain):
@@ -506,22 +508,31 @@ def test_a_bulk_first_load_builds_every_index_after_its_writes_as_declared(
     run(plain)
 
     loaded = indexes(bulk)
-    kept_on_citus = {"f_order_pk", "f_order_source_uq"} if on_citus else set()
+    mart_keys = {f"{m}_report_datamart_{k}" for m in ("customer", "craftsman")
+                 for k in ("pk", "uq")}
+    kept_on_citus = {"f_order_pk", "f_order_source_uq", *mart_keys} if on_citus else set()
     assert rebuilt(declared_bulk, loaded) == set(loaded) - kept_on_citus
-    assert rebuilt(declared_plain, indexes(plain)) == {"source_rows_pk"}
+    assert rebuilt(declared_plain, indexes(plain)) == (
+        {"source_rows_pk", *mart_keys} - kept_on_citus)
 
-    def content(db: Database) -> tuple[pl.DataFrame, pl.DataFrame]:
-        # by natural key: order_id follows the order the server inserts in
+    def content(db: Database) -> tuple[pl.DataFrame, ...]:
+        # by natural key: order_id follows the order the server inserts in, and a mart
+        # row's id the order its rows are appended in
         return (query(db, "select * from dwh.f_order order by source_name, source_order_id")
                 .drop("order_id", "load_dttm"),
                 query(db, "select * from craftmart.source_rows"
-                          " order by source_name, source_order_id"))
+                          " order by source_name, source_order_id"),
+                *(query(db, f"select * from marts.{m} order by {e}, report_period").drop("id")
+                  for m, e in (("customer_report_datamart", "customer_id"),
+                               ("craftsman_report_datamart", "craftsman_id"))))
 
-    orders, hashes = content(bulk)
+    orders, hashes, *marts = content(bulk)
     assert orders.height == report.dwh["f_order"]["inserted"] > 0 and hashes.height > 0
-    assert content(plain)[0].equals(orders) and content(plain)[1].equals(hashes)
+    assert all(m.height > 0 for m in marts)
+    assert all(a.equals(b) for a, b in zip(content(plain), content(bulk), strict=True))
 
-    # a --full run: the hashes' key is built again, f_order's indexes are left alone
+    # a --full run: the hashes' key is built again; f_order's indexes and those of the
+    # marts, which it upserts, are left alone
     run(bulk, full=True)
     assert rebuilt(loaded, indexes(bulk)) == {"source_rows_pk"}
     assert content(bulk)[1].equals(hashes)

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from .. import citus, logic
-from .._sql import Connection, append, execute, fetch_frame, fetch_value, stage
+from .._sql import Connection, append, drop_indexes, execute, fetch_frame, fetch_value, stage
 from ..transform import marts
 from ..transform.partition import entity_group_sql
 from .dwh import RUN_TS
@@ -144,7 +144,8 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
     whose definition (``logic.mart_fingerprint``) is not the one that computed its rows:
     every entity, by the very same function. Either way the entities are aggregated in
     ``groups`` groups by id (``partition.entity_group_sql``): one group's orders are held
-    at a time. Then the watermark advances to the run's timestamp, and the definition
+    at a time. An empty mart (its first build) is appended to, its keys built after the
+    last group. Then the watermark advances to the run's timestamp, and the definition
     is kept.
     """
     definition = logic.mart_fingerprint(mart)
@@ -167,6 +168,10 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
             return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
     first_build = touched is None and bool(
         fetch_value(conn, f"select not exists (select 1 from {mart.table})"))
+    # an empty mart is written by plain appends: its keys are built once after them (on
+    # Citus the unique ones stay, one per shard), as dwh.bulk_load does for f_order
+    dropped = (drop_indexes(conn, "marts", mart.name, unique=not citus.is_distributed(conn))
+               if first_build else None)
     entities = orders_read = inserted = updated = deleted = 0
     for group in range(groups):
         def only(column: str, group: int = group) -> str:
@@ -183,7 +188,8 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
         counts = _write_rows(conn, mart, rows, only, first_build=first_build)
         inserted, updated, deleted = (inserted + counts[0], updated + counts[1],
                                       deleted + counts[2])
-    if first_build:
+    if dropped is not None:
+        dropped.build(conn)
         execute(conn, f"analyze {mart.table}")  # plans of the next refresh need them
     _advance(conn, mart, definition)
     return MartRefresh(mart.name, since is None, entities, orders_read, inserted, updated,
