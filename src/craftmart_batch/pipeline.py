@@ -228,7 +228,7 @@ def _load(
                                      lambda name: _stage(report, name, progress))
     orders = {"inserted": 0, "updated": 0, "deleted": 0}
     bulk = plan.first_load and found.staged_orders >= dwh.BULK_LOAD_ROWS
-    with dwh.bulk_load(conn, enabled=bulk):
+    with dwh.bulk_load(conn, "dwh", "f_order", enabled=bulk):
         for partition in range(plan.partitions):
             with _stage(report, "write", progress, partition, plan.partitions):
                 for name, n in stages.write_partition(conn, plan, partition).items():

@@ -427,15 +427,16 @@ ENTITY_ID = {"d_craftsman": "craftsman_id", "d_customer": "customer_id",
 
 
 @contextmanager
-def bulk_load(conn: Connection, *, enabled: bool) -> Iterator[None]:
-    """A first load of many orders: f_order's indexes, its primary and unique keys
-    included, are built after the inserts instead of an entry per row (at a million
-    orders the insert took 10.7 s with its two keys; 3.3 s without them, and 3.7 s to
-    build them). On Citus the unique ones stay: each is one per shard."""
+def bulk_load(conn: Connection, schema: str, table: str, *, enabled: bool) -> Iterator[None]:
+    """Bulk writes into a table (a first load of many orders into f_order, a mart's
+    first build): its indexes, its primary and unique keys included, are built after
+    the writes instead of an entry per row (at a million orders f_order's insert took
+    10.7 s with its two keys; 3.3 s without them, and 3.7 s to build them). On Citus the
+    unique ones stay: each is one per shard."""
     if not enabled:
         yield
         return
-    dropped = drop_indexes(conn, "dwh", "f_order", unique=not citus.is_distributed(conn))
+    dropped = drop_indexes(conn, schema, table, unique=not citus.is_distributed(conn))
     yield
     dropped.build(conn)
 

@@ -10,10 +10,10 @@ from typing import Any
 import polars as pl
 
 from .. import citus, logic
-from .._sql import Connection, append, drop_indexes, execute, fetch_frame, fetch_value, stage
+from .._sql import Connection, append, execute, fetch_frame, fetch_value, stage
 from ..transform import marts
 from ..transform.partition import entity_group_sql
-from .dwh import RUN_TS
+from .dwh import RUN_TS, bulk_load
 
 logger = logging.getLogger(__name__)
 
@@ -168,28 +168,25 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
             return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
     first_build = touched is None and bool(
         fetch_value(conn, f"select not exists (select 1 from {mart.table})"))
-    # an empty mart is written by plain appends: its keys are built once after them (on
-    # Citus the unique ones stay, one per shard), as dwh.bulk_load does for f_order
-    dropped = (drop_indexes(conn, "marts", mart.name, unique=not citus.is_distributed(conn))
-               if first_build else None)
     entities = orders_read = inserted = updated = deleted = 0
-    for group in range(groups):
-        def only(column: str, group: int = group) -> str:
-            condition = entity_group_sql(column, group, groups)
-            if touched is not None:
-                condition += f" and {column} in (select entity_id from {touched})"
-            return condition
+    # an empty mart is written by plain appends, its keys built once after them
+    with bulk_load(conn, "marts", mart.name, enabled=first_build):
+        for group in range(groups):
+            def only(column: str, group: int = group) -> str:
+                condition = entity_group_sql(column, group, groups)
+                if touched is not None:
+                    condition += f" and {column} in (select entity_id from {touched})"
+                return condition
 
-        orders = _orders_of(conn, mart, only)
-        entities += orders[entity].n_unique()
-        orders_read += orders.height
-        rows = mart.compute(orders)
-        del orders
-        counts = _write_rows(conn, mart, rows, only, first_build=first_build)
-        inserted, updated, deleted = (inserted + counts[0], updated + counts[1],
-                                      deleted + counts[2])
-    if dropped is not None:
-        dropped.build(conn)
+            orders = _orders_of(conn, mart, only)
+            entities += orders[entity].n_unique()
+            orders_read += orders.height
+            rows = mart.compute(orders)
+            del orders
+            counts = _write_rows(conn, mart, rows, only, first_build=first_build)
+            inserted, updated, deleted = (inserted + counts[0], updated + counts[1],
+                                          deleted + counts[2])
+    if first_build:
         execute(conn, f"analyze {mart.table}")  # plans of the next refresh need them
     _advance(conn, mart, definition)
     return MartRefresh(mart.name, since is None, entities, orders_read, inserted, updated,

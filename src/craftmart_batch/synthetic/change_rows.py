@@ -204,7 +204,7 @@ def change_source(
     writes: list[Write] = []
     moving = pl.DataFrame({
         "customer_id": pl.Series(plan.addresses[s], dtype=pl.Int64),
-        "_new_address": addresses(rng, len(plan.addresses[s]), full),
+        NEW_ADDRESS: addresses(rng, len(plan.addresses[s]), full),
     })
     changes = _product_changes(rng, plan.products[s], "craftsman_id" if lay.masters else
                                "product_id")
@@ -225,14 +225,13 @@ def change_source(
     if lay.craftsmen:
         writes.append((lay.craftsmen, "update", _changed_parent(
             rng, tables[lay.craftsmen], "craftsman", s, fixed["craftsman_id"])))
-    if lay.customers:
+    if lay.customers:  # the move is the customer row's: the order rows keep theirs
         writes.append((lay.customers, "update", _changed_parent(
             rng, tables[lay.customers], "customer", s, fixed["customer_id"], moving=moving)))
+        w = w.with_columns(pl.lit(None, pl.String).alias(NEW_ADDRESS))
     else:  # a move rewrites the address on every order row of the customer (texts_added)
         w = w.join(moving, on="customer_id", how="left", maintain_order="left").with_columns(
-            (pl.col("_touched") | pl.col("_new_address").is_not_null()).alias("_touched"))
-    if NEW_ADDRESS not in w.columns:
-        w = w.with_columns(pl.lit(None, pl.String).alias(NEW_ADDRESS))
+            (pl.col("_touched") | pl.col(NEW_ADDRESS).is_not_null()).alias("_touched"))
 
     deleted = k.is_in([DELETE, DELETE_INVALID])
     new = _new_orders(rng, orders, lay, plan.recent[s], plan.late[s], today)
@@ -317,8 +316,8 @@ def _changed_parent(
              | pl.col("_new_type").is_not_null()).alias("_touched"))
     if moving is not None:
         w = w.join(moving, on=key, how="left", maintain_order="left").with_columns(
-            pl.coalesce("_new_address", f"{role}_address").alias(f"{role}_address"),
-            (pl.col("_touched") | pl.col("_new_address").is_not_null()).alias("_touched"))
+            pl.coalesce(NEW_ADDRESS, f"{role}_address").alias(f"{role}_address"),
+            (pl.col("_touched") | pl.col(NEW_ADDRESS).is_not_null()).alias("_touched"))
     return w.filter("_touched").select(parent.columns)
 
 
