@@ -787,8 +787,9 @@ def _marketplace(db: Database) -> None:
 
 
 def test_a_small_change_reaggregates_and_rewrites_only_the_touched_entities(db: Database) -> None:
-    """A late order touches one customer and one craftsman: only they are re-aggregated,
-    only their month's rows are rewritten; DWH rows that did not change keep their xmin."""
+    """A late order touches one customer and one craftsman in one month: only that month's
+    orders of theirs are re-aggregated, only that month's rows are rewritten; DWH rows
+    that did not change keep their xmin."""
     _marketplace(db)
     first = run(db)
     assert first.marts[CUSTOMER]["entities"] == 6 and first.marts[CUSTOMER]["full"]
@@ -808,11 +809,18 @@ def test_a_small_change_reaggregates_and_rewrites_only_the_touched_entities(db: 
     report = run(db)
 
     assert report.dwh["f_order"] == {"inserted": 1, "updated": 0, "deleted": 0}
+    # c3's orders of January: the one before and the late one (not those of February, March)
     assert report.marts[CUSTOMER] == {
-        "mart": CUSTOMER, "full": False, "entities": 1, "orders": 4,
+        "mart": CUSTOMER, "full": False, "entities": 1, "orders": 2,
         "rows_inserted": 0, "rows_updated": 1, "rows_deleted": 0, "full_reason": None}
-    k0_orders = int(query(db, "select count(*) from dwh.f_order where craftsman_id = $1",
-                          (k0,)).item())
+    k0_orders = int(query(
+        db,
+        "select count(*) from dwh.f_order where craftsman_id = $1"
+        " and order_created_date between '2024-01-01' and '2024-01-31'",
+        (k0,),
+    ).item())
+    assert 2 < k0_orders < int(query(
+        db, "select count(*) from dwh.f_order where craftsman_id = $1", (k0,)).item())
     assert report.marts[CRAFTSMAN] == {
         "mart": CRAFTSMAN, "full": False, "entities": 1, "orders": k0_orders,
         "rows_inserted": 0, "rows_updated": 1, "rows_deleted": 0, "full_reason": None}
@@ -827,6 +835,81 @@ def test_a_small_change_reaggregates_and_rewrites_only_the_touched_entities(db: 
                        "d_product": "product_id"}[table])
         assert {k: after[k] for k in before} == before, table
     assert row_of(db, CUSTOMER, customer_id=c3, report_period="2024-01")["count_order"] == 2
+    assert_marts_match_rebuild(db)
+
+
+def _orders_in(db: Database, entity: str, entity_id: int, periods: tuple[str, ...]) -> int:
+    """How many DWH orders the entity has in the given months."""
+    return int(query(
+        db,
+        f"select count(*) from dwh.f_order where {entity} = $1"
+        " and to_char(order_created_date, 'YYYY-MM') = any($2::text[])",
+        (entity_id, list(periods)),
+    ).item())
+
+
+def _rewritten(before: dict[Any, str], after: dict[Any, str]) -> set[Any]:
+    """Mart rows written or deleted between two ``mart_xmins``."""
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+def test_an_order_moving_month_reaggregates_only_the_two_months_it_touches(
+    db: Database,
+) -> None:
+    """An order moved from January to February re-aggregates its customer's and its
+    craftsman's orders of those two months, not of March; the customer's January row,
+    left without orders, is deleted."""
+    _marketplace(db)
+    run(db)
+    c3 = customer_id(db, "c3@buyer.example")
+    source, key, k = query(
+        db,
+        "select source_name, source_order_id, craftsman_id from dwh.f_order"
+        " where customer_id = $1 and order_created_date < '2024-02-01'",
+        (c3,),
+    ).row(0)
+    before = {name: mart_xmins(db, name) for name in MARTS}
+    set_field(db, source, key, "order_created_date", dt.date(2024, 2, 20))
+    report = run(db)
+
+    two_months = ("2024-01", "2024-02")
+    assert report.marts[CUSTOMER] == {
+        "mart": CUSTOMER, "full": False, "entities": 1, "orders": 2,
+        "rows_inserted": 0, "rows_updated": 1, "rows_deleted": 1, "full_reason": None}
+    k_orders = _orders_in(db, "craftsman_id", k, two_months)
+    assert 2 <= k_orders < _orders_in(db, "craftsman_id", k, (*two_months, "2024-03"))
+    assert report.marts[CRAFTSMAN] == {
+        "mart": CRAFTSMAN, "full": False, "entities": 1, "orders": k_orders,
+        "rows_inserted": 0, "rows_updated": 2, "rows_deleted": 0, "full_reason": None}
+    for name, entity_id in ((CUSTOMER, c3), (CRAFTSMAN, k)):
+        written = _rewritten(before[name], mart_xmins(db, name))
+        assert written == {_key(entity_id, p) for p in two_months}, name
+    assert periods(db, CUSTOMER, customer_id=c3) == ["2024-02", "2024-03"]
+    assert_marts_match_rebuild(db)
+
+
+def test_a_change_log_row_without_a_month_reaggregates_every_month_of_its_entities(
+    db: Database,
+) -> None:
+    """A change-log row without a month (as logged before months were kept) touches every
+    month of its customer and craftsman; the rows, already right, are not rewritten."""
+    _marketplace(db)
+    run(db)
+    c2, k1 = customer_id(db, "c2@buyer.example"), craftsman_id(db, "k1@craft.example")
+    before = {name: mart_xmins(db, name) for name in MARTS}
+    sql(db, "insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)"
+            " values (clock_timestamp(), $1, $2)", (c2, k1))
+    report = run(db)
+
+    months = ("2024-01", "2024-02", "2024-03")
+    for name, entity, entity_id in ((CUSTOMER, "customer_id", c2),
+                                    (CRAFTSMAN, "craftsman_id", k1)):
+        assert report.marts[name] == {
+            "mart": name, "full": False, "entities": 1,
+            "orders": _orders_in(db, entity, entity_id, months),
+            "rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0, "full_reason": None}
+        assert mart_xmins(db, name) == before[name]
+    assert report.marts[CUSTOMER]["orders"] == 3
     assert_marts_match_rebuild(db)
 
 

@@ -38,6 +38,11 @@ BULK_LOAD_ROWS = 100_000
 RUN_TS = "current_setting('craftmart.run_ts')::timestamptz"
 
 
+def period_of(date: str) -> str:
+    """SQL: the mart month (``report_period``, YYYY-MM) of a date expression."""
+    return f"to_char({date}, 'YYYY-MM')"
+
+
 #: The DWH columns the diff compares, per table.
 _COLUMNS = {
     "d_craftsman": "craftsman_id, craftsman_email, craftsman_name, craftsman_address,"
@@ -287,6 +292,15 @@ def without_deleted(ids: pl.DataFrame, diff: TableDiff, key: tuple[str, ...]) ->
 
 _ORDER_COLUMNS = ["source_name", "source_order_id", *ORDER_ID_ATTRS]
 
+_LOG_COLUMNS = "changed_at, customer_id, craftsman_id, report_period"
+
+#: An updated order (``f``, its new values ``staged``) that leaves mart rows: another
+#: customer, craftsman or month.
+_MOVED = (
+    "f.customer_id <> staged.customer_id or f.craftsman_id <> staged.craftsman_id"
+    f" or {period_of('f.order_created_date')} <> {period_of('staged.order_created_date')}"
+)
+
 
 def _assigned_from_staged(columns: Iterable[str]) -> str:
     """An UPDATE's ``column = staged.column`` for each of ``columns``, and the run's
@@ -297,8 +311,9 @@ def _assigned_from_staged(columns: Iterable[str]) -> str:
 def write_orders(conn: Connection, diff: TableDiff) -> None:
     """Apply one partition's order diff (by natural key, with the ids orders point to).
 
-    Orders that are deleted, or that move to another customer or craftsman, leave
-    their former owners in ``craftmart.order_change_log`` so the marts revisit them.
+    Orders that are deleted, or that move to another customer, craftsman or month,
+    leave their former owners and month in ``craftmart.order_change_log`` so the marts
+    revisit those rows.
     """
     if not diff.deleted.is_empty():
         staged = stage(conn, "stage_f_order_deleted", diff.deleted.select("order_id"))
@@ -309,10 +324,10 @@ def write_orders(conn: Connection, diff: TableDiff) -> None:
                 delete from dwh.f_order as f
                 using {staged} as staged
                 where f.order_id = staged.order_id
-                returning f.customer_id, f.craftsman_id
+                returning f.customer_id, f.craftsman_id, f.order_created_date
             )
-            insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
-            select {RUN_TS}, customer_id, craftsman_id
+            insert into craftmart.order_change_log ({_LOG_COLUMNS})
+            select {RUN_TS}, customer_id, craftsman_id, {period_of("order_created_date")}
             from deleted_orders
             """,
         )
@@ -324,14 +339,14 @@ def write_orders(conn: Connection, diff: TableDiff) -> None:
             conn,
             f"""
             with orders_moved_away as (
-                insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
-                select {RUN_TS}, f.customer_id, f.craftsman_id
+                insert into craftmart.order_change_log ({_LOG_COLUMNS})
+                select {RUN_TS}, f.customer_id, f.craftsman_id,
+                    {period_of("f.order_created_date")}
                 from dwh.f_order as f
                 inner join {staged} as staged
                     on staged.source_name = f.source_name
                     and staged.source_order_id = f.source_order_id
-                where f.customer_id <> staged.customer_id
-                    or f.craftsman_id <> staged.craftsman_id
+                where {_MOVED}
             )
 
             update dwh.f_order as f set {_assigned_from_staged(ORDER_ID_ATTRS)}
@@ -361,11 +376,11 @@ def _update_distributed_orders(conn: Connection, updates: pl.DataFrame) -> None:
     execute(
         conn,
         f"""
-        insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
-        select {RUN_TS}, f.customer_id, f.craftsman_id
+        insert into craftmart.order_change_log ({_LOG_COLUMNS})
+        select {RUN_TS}, f.customer_id, f.craftsman_id, {period_of("f.order_created_date")}
         from dwh.f_order as f
         inner join {staged} as staged on {same_order}
-        where f.customer_id <> staged.customer_id or f.craftsman_id <> staged.craftsman_id
+        where {_MOVED}
         """,
     )
     moved = fetch_frame(
@@ -479,8 +494,9 @@ def _log_orders_of(conn: Connection, condition: str) -> None:
     execute(
         conn,
         f"""
-        insert into craftmart.order_change_log (changed_at, customer_id, craftsman_id)
-        select distinct {RUN_TS}, f.customer_id, f.craftsman_id
+        insert into craftmart.order_change_log ({_LOG_COLUMNS})
+        select distinct {RUN_TS}, f.customer_id, f.craftsman_id,
+            {period_of("f.order_created_date")}
         from dwh.f_order as f
         where {condition}
         """,

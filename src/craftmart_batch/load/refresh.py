@@ -13,7 +13,7 @@ from .. import citus, logic
 from .._sql import Connection, append, execute, fetch_frame, fetch_value, stage
 from ..transform import marts
 from ..transform.partition import entity_group_sql
-from .dwh import RUN_TS, bulk_load
+from .dwh import RUN_TS, bulk_load, period_of
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +41,32 @@ class Mart:
 
     @property
     def touched_since(self) -> str:
-        """A union of selects of the entity ids changed after the watermark (``$1``).
+        """A union of selects of the (entity id, report_period) rows changed after the
+        watermark (``$1``).
 
-        An entity is touched by a change to one of its orders (``load_dttm``), to its own
-        attributes (its dimension's ``load_dttm``), or by what the change log holds:
-        orders that left it (deleted or moved) and orders whose product type or
-        customer birthday changed (see ``dwh._log_attribute_touches``).
+        A change to an order (its ``load_dttm``) touches the row of its month. The change
+        log holds the months that orders left (deleted, moved to another entity or month)
+        and those whose product type or customer birthday changed (see
+        ``dwh.finish_dimensions``). A change to the entity's own attributes (its
+        dimension's ``load_dttm``), or a log row without a month, touches every row of
+        the entity: the months it has orders in, and the months the mart holds for it.
         """
         entity, person = self.entity_id, self.entity_id.removesuffix("_id")
+        month = period_of("order_created_date")
+        whole = f"""
+            select {entity} from dwh.d_{person} where load_dttm > $1::timestamptz
+            union
+            select {entity} from craftmart.order_change_log
+            where changed_at > $1::timestamptz and report_period is null"""
         return f"""
-        select {entity} from dwh.f_order where load_dttm > $1::timestamptz
+        select {entity}, {month} from dwh.f_order where load_dttm > $1::timestamptz
         union
-        select {entity} from dwh.d_{person} where load_dttm > $1::timestamptz
+        select {entity}, report_period from craftmart.order_change_log
+        where changed_at > $1::timestamptz and report_period is not null
         union
-        select {entity} from craftmart.order_change_log where changed_at > $1::timestamptz
+        select {entity}, {month} from dwh.f_order where {entity} in ({whole})
+        union
+        select {entity}, report_period from {self.table} where {entity} in ({whole})
     """
 
 
@@ -63,13 +75,60 @@ CRAFTSMAN_MART = Mart("craftsman_report_datamart", "craftsman_id", marts.craftsm
 
 MARTS = (CUSTOMER_MART, CRAFTSMAN_MART)
 
-def _orders_of(conn: Connection, mart: Mart, only: Callable[[str], str]) -> pl.DataFrame:
-    """The orders of the entities ``only`` selects (a SQL condition on an entity id
-    column) with what ``mart`` reads of them: each order's values and product type, the
-    other person's attribute the mart reads per order (for customers the craftsman's
-    email, which breaks ties for top craftsman; for craftsmen the customer's birthday),
-    and the entity's own attributes read once per entity rather than carried on every
-    order. Attributes the mart does not read are null."""
+@dataclass(frozen=True)
+class Scope:
+    """The mart rows one group of a refresh recomputes, as SQL conditions: every row of
+    the group's entities (``touched`` None), or the group's touched (entity id,
+    report_period) rows, staged in ``touched``."""
+
+    mart: Mart
+    group: int
+    groups: int
+    touched: str | None
+    distributed: bool
+
+    def entities(self, entity: str) -> str:
+        """The entity ids (column ``entity``) with a row in scope."""
+        condition = entity_group_sql(entity, self.group, self.groups)
+        if self.touched is not None:
+            condition += f" and {entity} in (select entity_id from {self.touched})"
+        return condition
+
+    def rows(self, entity: str, period: str) -> str:
+        """The mart rows in scope, by their entity id and report_period expressions."""
+        condition = self.entities(entity)
+        if self.touched is not None:
+            condition += (f" and ({entity}, {period}) in"
+                          f" (select entity_id, report_period from {self.touched})")
+        return condition
+
+    def orders(self) -> tuple[str, str]:
+        """What to select orders (``f``) in scope from, and on what condition.
+
+        On PostgreSQL each touched row's orders are one range of the index on (entity,
+        order_created_date): only the touched months are read. Citus reads a temporary
+        table only in an uncorrelated subquery: there the touched entities' orders are
+        read, and those of other months filtered out.
+        """
+        entity = f"f.{self.mart.entity_id}"
+        if self.touched is None or self.distributed:
+            return "dwh.f_order as f", self.rows(entity, period_of("f.order_created_date"))
+        return (
+            f"""{self.touched} as t
+            inner join dwh.f_order as f on f.{self.mart.entity_id} = t.entity_id
+                and f.order_created_date >= t.month_start
+                and f.order_created_date < t.month_end""",
+            entity_group_sql("t.entity_id", self.group, self.groups),
+        )
+
+
+def _orders_of(conn: Connection, mart: Mart, scope: Scope) -> pl.DataFrame:
+    """The orders of the mart rows in ``scope`` with what ``mart`` reads of them: each
+    order's values and product type, the other person's attribute the mart reads per
+    order (for customers the craftsman's email, which breaks ties for top craftsman; for
+    craftsmen the customer's birthday), and the entity's own attributes read once per
+    entity rather than carried on every order. Attributes the mart does not read are
+    null."""
     person = mart.entity_id.removesuffix("_id")
     per_order = ["f.customer_id", "f.craftsman_id", "f.order_created_date",
                  "f.order_completion_date", "f.order_status", "f.product_price",
@@ -81,15 +140,16 @@ def _orders_of(conn: Connection, mart: Mart, only: Callable[[str], str]) -> pl.D
     else:
         per_order.append("cr.craftsman_email")
         joins.append("inner join dwh.d_craftsman as cr on cr.craftsman_id = f.craftsman_id")
+    orders_from, condition = scope.orders()
     orders = fetch_frame(
         conn,
-        f"select {', '.join(per_order)} from dwh.f_order as f {' '.join(joins)}"
-        f" where {only(f'f.{mart.entity_id}')}",
+        f"select {', '.join(per_order)} from {orders_from} {' '.join(joins)}"
+        f" where {condition}",
     )
     own = [f"{person}_{a}" for a in ("id", "name", "address", "birthday", "email")]
     attributes = fetch_frame(
         conn,
-        f"select {', '.join(own)} from dwh.d_{person} where {only(f'{person}_id')}",
+        f"select {', '.join(own)} from dwh.d_{person} where {scope.entities(f'{person}_id')}",
     )
     unread = [c for c in marts.ORDERS_SCHEMA if c not in orders.columns and c not in own]
     return orders.join(attributes, on=mart.entity_id, how="inner").with_columns(
@@ -139,14 +199,14 @@ class MartRefresh:
 def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> MartRefresh:
     """Bring one mart up to the DWH inside the caller's transaction.
 
-    Incremental: only entities touched after the stored watermark are re-aggregated,
-    and only their rows that differ are written. First refresh, ``--full``, or a mart
-    whose definition (``logic.mart_fingerprint``) is not the one that computed its rows:
-    every entity, by the very same function. Either way the entities are aggregated in
-    ``groups`` groups by id (``partition.entity_group_sql``): one group's orders are held
-    at a time. An empty mart (its first build) is appended to, its keys built after the
-    last group. Then the watermark advances to the run's timestamp, and the definition
-    is kept.
+    Incremental: only the rows (entity, report_period) touched after the stored
+    watermark are re-aggregated, and only those that differ are written. First refresh,
+    ``--full``, or a mart whose definition (``logic.mart_fingerprint``) is not the one
+    that computed its rows: every entity, by the very same function. Either way the
+    entities are aggregated in ``groups`` groups by id (``partition.entity_group_sql``):
+    one group's orders are held at a time. An empty mart (its first build) is appended
+    to, its keys built after the last group. Then the watermark advances to the run's
+    timestamp, and the definition is kept.
     """
     definition = logic.mart_fingerprint(mart)
     since = None if full else watermark(conn, mart)
@@ -162,7 +222,17 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
     touched = None
     if since is not None:
         touched = stage(conn, f"touched_{mart.name}", fetch_frame(
-            conn, f"select entity_id from ({mart.touched_since}) as t(entity_id)", (since,)))
+            conn,
+            f"""
+            select entity_id, report_period, month_start,
+                (month_start + interval '1 month')::date as month_end
+            from (
+                select entity_id, report_period, to_date(report_period, 'YYYY-MM') as month_start
+                from ({mart.touched_since}) as t(entity_id, report_period)
+            ) as t
+            """,
+            (since,),
+        ), analyze=("entity_id", "report_period"))
         if fetch_value(conn, f"select not exists (select from {touched})"):
             _advance(conn, mart, definition)
             return MartRefresh(mart.name, False, 0, 0, 0, 0, 0)
@@ -172,18 +242,13 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
     # an empty mart is written by plain appends, its keys built once after them
     with bulk_load(conn, "marts", mart.name, enabled=first_build):
         for group in range(groups):
-            def only(column: str, group: int = group) -> str:
-                condition = entity_group_sql(column, group, groups)
-                if touched is not None:
-                    condition += f" and {column} in (select entity_id from {touched})"
-                return condition
-
-            orders = _orders_of(conn, mart, only)
+            scope = Scope(mart, group, groups, touched, citus.is_distributed(conn))
+            orders = _orders_of(conn, mart, scope)
             entities += orders[entity].n_unique()
             orders_read += orders.height
             rows = mart.compute(orders)
             del orders
-            counts = _write_rows(conn, mart, rows, only, first_build=first_build)
+            counts = _write_rows(conn, mart, rows, scope, first_build=first_build)
             inserted, updated, deleted = (inserted + counts[0], updated + counts[1],
                                           deleted + counts[2])
     if first_build:
@@ -194,11 +259,10 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
 
 
 def _write_rows(
-    conn: Connection, mart: Mart, rows: pl.DataFrame, scope: Callable[[str], str], *,
-    first_build: bool,
+    conn: Connection, mart: Mart, rows: pl.DataFrame, scope: Scope, *, first_build: bool,
 ) -> tuple[int, int, int]:
-    """Upsert rows that differ; delete rows of the scope (``scope``: the condition on an
-    entity id column) that the new rows no longer have."""
+    """Upsert rows that differ; delete rows in ``scope`` that the new rows no longer
+    have."""
     columns = mart.columns
     key = [mart.entity_id, "report_period"]
     if first_build:
@@ -235,7 +299,7 @@ def _write_rows(
                 from {mart.table} as d
                 left join (select {entity}, report_period from {staged}) as s
                     on s.{entity} = d.{entity} and s.report_period = d.report_period
-                where s.{entity} is null and {scope(f"d.{entity}")}
+                where s.{entity} is null and {scope.rows(f"d.{entity}", "d.report_period")}
             )"""
     else:
         stale = f"""and not exists (
@@ -247,7 +311,7 @@ def _write_rows(
         f"""
         with stale_rows as (
             delete from {mart.table} as m
-            where {scope(f"m.{entity}")}
+            where {scope.rows(f"m.{entity}", "m.report_period")}
             {stale}
             returning 1
         )
