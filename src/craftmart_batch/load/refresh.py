@@ -1,4 +1,5 @@
-"""Mart refresh: entities changed since the watermark -> their orders -> their mart rows."""
+"""Mart refresh: (entity, month) rows changed since the watermark -> their orders -> their
+mart rows."""
 
 from __future__ import annotations
 
