@@ -80,7 +80,8 @@ MARTS = (CUSTOMER_MART, CRAFTSMAN_MART)
 class Scope:
     """The mart rows one group of a refresh recomputes, as SQL conditions: every row of
     the group's entities (``touched`` None), or the group's touched (entity id,
-    report_period) rows, staged in ``touched``."""
+    report_period) rows, staged in ``touched``; ``distributed``: the warehouse is on
+    Citus (``citus.is_distributed``, asked once per refresh)."""
 
     mart: Mart
     group: int
@@ -240,10 +241,11 @@ def refresh(conn: Connection, mart: Mart, *, full: bool, groups: int = 1) -> Mar
     first_build = touched is None and bool(
         fetch_value(conn, f"select not exists (select 1 from {mart.table})"))
     entities = orders_read = inserted = updated = deleted = 0
+    distributed = citus.is_distributed(conn)
     # an empty mart is written by plain appends, its keys built once after them
     with bulk_load(conn, "marts", mart.name, enabled=first_build):
         for group in range(groups):
-            scope = Scope(mart, group, groups, touched, citus.is_distributed(conn))
+            scope = Scope(mart, group, groups, touched, distributed)
             orders = _orders_of(conn, mart, scope)
             entities += orders[entity].n_unique()
             orders_read += orders.height
@@ -291,7 +293,7 @@ def _write_rows(
         """,
     )
     entity = mart.entity_id
-    if citus.is_distributed(conn):
+    if scope.distributed:
         # Citus reads a temporary table only in an uncorrelated subquery, and NOT IN of
         # one is a subplan run for every row once it outgrows work_mem: the stale rows
         # are an outer join's misses, deleted by IN (a join)
