@@ -43,7 +43,7 @@ from polars.testing import assert_frame_equal
 
 from craftmart_batch import pipeline
 from craftmart_batch._database import Database, connect, connection
-from craftmart_batch._sql import execute, fetch_frame, fetch_value
+from craftmart_batch._sql import database_error, execute, fetch_frame, fetch_value
 
 #: The run under test announces itself to the server under this name.
 APP = "craftmart-under-test"
@@ -584,6 +584,31 @@ def test_a_statement_timeout_stops_the_run_in_one_line_and_writes_nothing(
     assert warehouse_state(db) == before
     assert successful_runs(db) == runs_before
     assert_next_run_equals_full(db)
+
+
+def test_a_transaction_aborted_by_an_error_the_driver_never_passed_on_is_named(
+    db: Database,
+) -> None:
+    """A statement timeout firing just as a statement finishes reaches the client while
+    it is idle, as a notice the driver drops: the next statement finds the transaction
+    aborted and the driver says only that. The run's line names the timeout when one is
+    set, else says the server's log has the reason."""
+    conn = connect(db)
+    try:
+        with pytest.raises(Exception, match="division by zero"):
+            execute(conn, "select 1 / 0")
+        with pytest.raises(Exception) as unseen:  # the driver's words for what follows
+            execute(conn, "select 1")
+    finally:
+        conn.close()
+
+    assert "the connection is in an error state" in str(unseen.value)
+    assert str(database_error(unseen.value, "the run", statement_timeout="1ms")) == (
+        "the run failed: statement timeout (1ms) reached as a statement finished;"
+        " the server aborted the transaction")
+    assert str(database_error(unseen.value, "the run")) == (
+        "the run failed: the server aborted the transaction between two statements"
+        " without telling the client why (its log says)")
 
 
 # --------------------------------------------------------------------------- readers

@@ -165,9 +165,30 @@ def stage(
     return qualified
 
 
-def database_error(exc: BaseException, doing: str) -> CraftmartError:
-    """A driver error as one redacted line that says what was being done."""
+#: What the driver says when the transaction was aborted by an error it never passed on.
+_ABORTED_UNSEEN = "the connection is in an error state"
+
+
+def database_error(
+    exc: BaseException, doing: str, *, statement_timeout: str = ""
+) -> CraftmartError:
+    """A driver error as one redacted line that says what was being done.
+
+    A statement timeout that fires just as a statement finishes is raised by the server
+    after it has reported the statement done (PostgreSQL 15 does, under load): the error
+    arrives while the client is idle, libpq takes it for a notice, the driver drops
+    notices, and the next statement only finds the transaction aborted. Every error a
+    statement returns is read (``execute``), so with a ``statement_timeout`` set that is
+    what the unseen error was; without one, the server log says."""
     text = redact(str(exc))
+    if _ABORTED_UNSEEN in text:
+        if statement_timeout:
+            return CraftmartError(
+                f"{doing} failed: statement timeout ({statement_timeout}) reached as a"
+                " statement finished; the server aborted the transaction")
+        return CraftmartError(
+            f"{doing} failed: the server aborted the transaction between two statements"
+            " without telling the client why (its log says)")
     # libpq's text starts with the statement, which may span lines; the server's own
     # "ERROR:  ..." line is what says what went wrong.
     server = re.search(r"ERROR:\s+(\S.*)", text)

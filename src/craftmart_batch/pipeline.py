@@ -169,7 +169,8 @@ def run(
     except Exception as exc:
         runs.rollback(conn)
         if runs.is_driver_error(exc):
-            error = database_error(exc, "the run")
+            error = database_error(exc, "the run",
+                                   statement_timeout=settings.statement_timeout)
             runs.record_failure(db, report, started_at, str(error))
             raise error from None
         runs.record_failure(db, report, started_at,
