@@ -261,6 +261,29 @@ def machine(server: Database, dsn_given: bool) -> dict[str, Any]:
     }
 
 
+def speed_probe(server: Database) -> dict[str, float]:
+    """Seconds a fixed piece of work takes here now: a Polars sort and join of 4M rows,
+    and a server-side hash of 2M short texts. This machine's speed varies from day to
+    day by a factor of two or more; figures of different days compare only through
+    these (the same work, the same code: the probe scales with the runs)."""
+    import polars as pl
+
+    started = time.perf_counter()
+    frame = pl.DataFrame({"k": pl.int_range(0, 4_000_000, eager=True).shuffle(seed=1)})
+    frame = frame.with_columns((pl.col("k") * 7919 % 1_000_003).alias("v")).sort("v")
+    frame.join(frame.select("k", pl.col("v").alias("w")), on="k").select(pl.col("w").sum())
+    polars_s = time.perf_counter() - started
+    conn = connect(server.with_dbname("postgres"))
+    try:
+        started = time.perf_counter()
+        fetch_value(conn, "select sum(hashtext(repeat(i::text, 20)))"
+                          " from generate_series(1, 2000000) as i")
+        postgres_s = time.perf_counter() - started
+    finally:
+        conn.close()
+    return {"polars_s": round(polars_s, 2), "postgres_s": round(postgres_s, 2)}
+
+
 def fresh_database(server: Database, name: str) -> Database:
     """``name`` dropped (its replication slots first) and created empty."""
     admin = server.with_dbname("postgres")
@@ -313,8 +336,14 @@ def bench_all(server: Database, args: argparse.Namespace) -> dict[str, Any]:
             results.append(result)
             save(args.out, data)
 
-        print_table(bench(db, run_opts, orders, args.changes, args.seed, args.shape,
-                          gen_opts, setup, measured))
+        probe = speed_probe(server)
+        print(f"speed probe: polars {probe['polars_s']} s, postgres {probe['postgres_s']} s",
+              flush=True)
+        result = bench(db, run_opts, orders, args.changes, args.seed, args.shape,
+                       gen_opts, setup, measured)
+        result["speed_probe"] = {"before": probe, "after": speed_probe(server)}
+        measured(result)
+        print_table(result)
     return data
 
 
