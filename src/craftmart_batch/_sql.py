@@ -175,7 +175,7 @@ def database_error(
     """A driver error as one redacted line that says what was being done.
 
     A statement timeout that fires just as a statement finishes is raised by the server
-    after it has reported the statement done (PostgreSQL 15 does, under load): the error
+    after it has reported the statement done (seen on PostgreSQL 15 under load): the error
     arrives while the client is idle, libpq takes it for a notice, the driver drops
     notices, and the next statement only finds the transaction aborted. Every error a
     statement returns is read (``execute``), so with a ``statement_timeout`` set that is
