@@ -593,14 +593,11 @@ def test_a_transaction_aborted_by_an_error_the_driver_never_passed_on_is_named(
     it is idle, as a notice the driver drops: the next statement finds the transaction
     aborted and the driver says only that. The run's line names the timeout when one is
     set, else says the server's log has the reason."""
-    conn = connect(db)
-    try:
+    with connection(db) as conn:
         with pytest.raises(Exception, match="division by zero"):
             execute(conn, "select 1 / 0")
         with pytest.raises(Exception) as unseen:  # the driver's words for what follows
             execute(conn, "select 1")
-    finally:
-        conn.close()
 
     assert "the connection is in an error state" in str(unseen.value)
     assert str(database_error(unseen.value, "the run", statement_timeout="1ms")) == (
