@@ -22,7 +22,7 @@ from test_incremental import assert_incremental_is_full, set_field
 
 from craftmart_batch import schema, stages
 from craftmart_batch._database import Database, connection
-from craftmart_batch._sql import append, execute, fetch_frame
+from craftmart_batch._sql import Connection, append, execute, fetch_frame
 from craftmart_batch.config import load_settings
 from craftmart_batch.extract import hashes, queries
 from craftmart_batch.transform import changes
@@ -263,6 +263,19 @@ table = "orders"
 key = "order_id"
 """
 
+def _allowed_by(constraint: str, rows: list[tuple[int | None, int]]
+                ) -> list[tuple[int | None, int]]:
+    """The rows a key constraint lets in: each key once; null keys only under "unique"."""
+    allowed, seen = [], set()
+    for key, token in rows:
+        if key is None and constraint == "unique":
+            allowed.append((key, token))
+        elif key is not None and key not in seen:
+            seen.add(key)
+            allowed.append((key, token))
+    return allowed
+
+
 _current_rows = st.lists(
     st.tuples(st.one_of(st.none(), st.integers(1, 6)), st.integers(0, 2)), max_size=12
 )
@@ -271,14 +284,18 @@ _stored_as = st.dictionaries(st.integers(1, 8), st.sampled_from(["same", "other"
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(current=_current_rows, stored_as=_stored_as)
+@given(current=_current_rows, stored_as=_stored_as,
+       key=st.sampled_from(["no constraint", "primary key", "unique"]))
 def test_the_comparison_in_the_server_equals_compare_of_every_hash(
     db: Database, tmp_path: Path,
-    current: list[tuple[int | None, int]], stored_as: dict[int, str],
+    current: list[tuple[int | None, int]], stored_as: dict[int, str], key: str,
 ) -> None:
     """For any source rows (keys missing, repeated, new, changed, gone) and any stored
     hashes, the changed keys, keyless sources, hashes to keep and row counts found in the
-    server are exactly those of ``compare`` over every key and hash pulled."""
+    server are exactly those of ``compare`` over every key and hash pulled: whether the
+    order key is a primary key (rows not grouped by key), unique but nullable, or free."""
+    if key != "no constraint":
+        current = _allowed_by(key, current)
     create_sources(db)
     config = tmp_path / "config.toml"
     config.write_text(_S9_CONFIG, encoding="utf-8")
@@ -289,16 +306,20 @@ def test_the_comparison_in_the_server_equals_compare_of_every_hash(
         execute(conn, "create schema s9")
         execute(conn, "create table s9.orders as"
                       " select * from source1.craft_market_wide with no data")
-        for key, token in current:
+        if key != "no constraint":
+            execute(conn, f"alter table s9.orders add {key} (order_id)")
+        for order_id, token in current:
             execute(conn, "insert into s9.orders (order_id, product_name, product_price)"
-                          " values ($1, $2, $3)", (key, f"item {token}", token))
+                          " values ($1, $2, $3)", (order_id, f"item {token}", token))
+        once = fetch_frame(conn, queries.one_row_per_key_query(source))
+        assert once.row(0) == ("s9", key == "primary key")
         pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
             changes.HASH_SCHEMA)  # type: ignore[arg-type]
         hash_of = dict(pulled.filter(pl.col("source_order_id").is_not_null())
                        .select("source_order_id", "row_hash").iter_rows())
         stored = changes.NO_HASHES.vstack(pl.DataFrame(
-            [("s9", key, hash_of[key] if how == "same" and key in hash_of else -1)
-             for key, how in stored_as.items()],
+            [("s9", k, hash_of[k] if how == "same" and k in hash_of else -1)
+             for k, how in stored_as.items()],
             schema=changes.HASH_SCHEMA, orient="row"))
         execute(conn, "delete from craftmart.source_rows")
         append(conn, "craftmart", "source_rows", stored)
@@ -313,3 +334,71 @@ def test_the_comparison_in_the_server_equals_compare_of_every_hash(
         assert found.keyless == expected.keyless
         assert sorted(found.hashes.rows()) == sorted(expected.hashes.rows())
         assert found.rows == expected.rows == ({"s9": len(current)} if current else {})
+
+
+def test_a_join_that_can_match_twice_keeps_the_comparison_counting_copies(
+    db: Database, tmp_path: Path
+) -> None:
+    """A primary key on the order table is not enough to skip counting each key's rows:
+    a joined table without a unique key on its join columns can give an order twice.
+    Such a key is changed (repeated), as ``compare`` says; once the joined table's key is
+    unique, the rows are compared without grouping and the same answer comes out."""
+    create_sources(db)
+    config = tmp_path / "config.toml"
+    config.write_text(_S9_CONFIG + """
+[[sources.s9.join]]
+name = "maker"
+table = "makers"
+on = { craftsman_id = "craftsman_id" }
+
+[sources.s9.columns]
+craftsman_name = "maker.craftsman_name"
+""", encoding="utf-8")
+    source = load_settings(config, dsn=db.libpq_uri()).source("s9")
+
+    def compared(conn: Connection) -> tuple[bool, changes.SourceDelta, changes.SourceDelta]:
+        pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
+            changes.HASH_SCHEMA)  # type: ignore[arg-type]
+        conn.commit()
+        once = bool(fetch_frame(conn, queries.one_row_per_key_query(source))["one_row_per_key"]
+                    .item())
+        stored = fetch_frame(conn, "select * from craftmart.source_rows").cast(
+            changes.HASH_SCHEMA)  # type: ignore[arg-type]
+        return once, changes.compare(pulled, stored), hashes.detect(conn, db, [source])
+
+    with connection(db) as conn:
+        schema.migrate(conn)
+        execute(conn, "drop schema if exists s9 cascade")
+        execute(conn, "create schema s9")
+        execute(conn, "create table s9.orders as"
+                      " select * from source1.craft_market_wide with no data")
+        execute(conn, "alter table s9.orders add primary key (order_id)")
+        execute(conn, "create table s9.makers (craftsman_id bigint, craftsman_name text)")
+        execute(conn, "insert into s9.orders (order_id, craftsman_id, product_price)"
+                      " values (1, 5, 10), (2, 6, 20)")
+        execute(conn, "insert into s9.makers values (5, 'Ann'), (6, 'Bo')")
+        # the last run saw each order once, as it is now
+        pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
+            changes.HASH_SCHEMA)  # type: ignore[arg-type]
+        execute(conn, "delete from craftmart.source_rows")
+        append(conn, "craftmart", "source_rows", pulled)
+        execute(conn, "insert into s9.makers values (5, 'Ann')")  # order 1 now twice
+        conn.commit()
+        once, expected, found = compared(conn)
+        assert not once
+        assert expected.changed.rows() == [("s9", 1)]
+        assert found.changed.rows() == expected.changed.rows()
+        assert found.hashes.is_empty() and expected.hashes.is_empty()
+        assert found.rows == expected.rows == {"s9": 3}
+
+        execute(conn, "delete from s9.makers where craftsman_id = 5")
+        execute(conn, "insert into s9.makers values (5, 'Ann Lee')")
+        execute(conn, "alter table s9.makers add primary key (craftsman_id)")
+        conn.commit()
+        once, expected, found = compared(conn)
+        assert once
+        assert expected.changed.rows() == [("s9", 1)]
+        assert found.changed.rows() == expected.changed.rows()
+        assert sorted(found.hashes.rows()) == sorted(expected.hashes.rows())
+        assert expected.hashes.height == 1
+        assert found.rows == expected.rows == {"s9": 2}

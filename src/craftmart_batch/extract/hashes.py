@@ -36,7 +36,7 @@ from ..transform.changes import (
 )
 from ..transform.validate import ORDER_KEY
 from . import read
-from .queries import pull_query
+from .queries import ONE_ROW_PER_KEY_SCHEMA, one_row_per_key_query, pull_query
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,11 @@ def read_every_run(conn: Connection, sources: Sequence[Source]) -> tuple[pl.Data
 
 
 def _compared_in_server(db: Database, sources: Sequence[Source]) -> SourceDelta:
-    found = read.read_queries(db, [compare_query(s) for s in sources], _COMPARED, sources)
+    layout = read.per_source(db, sources, one_row_per_key_query, ONE_ROW_PER_KEY_SCHEMA)
+    once = set(layout.filter("one_row_per_key")["source_name"].to_list())
+    found = read.read_queries(
+        db, [compare_query(s, one_row_per_key=s.name in once) for s in sources], _COMPARED,
+        sources)
     changed = found.filter(pl.col("kind") == "changed")
     counts = found.filter(pl.col("kind") == "rows")
     keyless = found.filter((pl.col("kind") == "keyless") & (pl.col("value") > 0))
@@ -139,15 +143,28 @@ _COMPARED: dict[str, pl.DataType] = {
 }
 
 
-def compare_query(source: Source) -> str:
+def compare_query(source: Source, *, one_row_per_key: bool = False) -> str:
     """One source's keys compared with its stored hashes, in the server: a row per
     changed key (``kind`` 'changed', with the hash to keep when the key is there once),
-    the source's row count ('rows') and its rows without a key ('keyless')."""
+    the source's row count ('rows') and its rows without a key ('keyless').
+
+    ``one_row_per_key``: the catalog guarantees that the source query gives each key
+    once and every row a key (``queries.one_row_per_key_query``), so its rows are not
+    grouped by key to count their copies (a fifth of the comparison's time at 7.5M
+    rows, docs/benchmarks.md)."""
     name = quote_literal(source.name)
-    # current_rows is materialised so that each row is hashed once, before grouping:
-    # left to the planner, the whole wide row is sorted by key and hashed afterwards.
-    return f"""
-    with
+    if one_row_per_key:
+        current_keys = f"""
+    current_keys as materialized (
+        select source_order_id, 1::bigint as copies, row_hash
+        from (
+            {pull_query(source, fields=False)}
+        ) as current_rows
+    ),"""
+    else:
+        # current_rows is materialised so that each row is hashed once, before grouping:
+        # left to the planner, the whole wide row is sorted by key and hashed afterwards.
+        current_keys = f"""
     current_rows as materialized (
         {pull_query(source, fields=False)}
     ),
@@ -156,7 +173,10 @@ def compare_query(source: Source) -> str:
         select source_order_id, count(*) as copies, min(row_hash) as row_hash
         from current_rows
         group by source_order_id
-    ),
+    ),"""
+    return f"""
+    with
+    {current_keys}
 
     stored_keys as (
         select source_order_id, row_hash

@@ -205,6 +205,42 @@ def source_query(source: Source, where: str = "") -> str:
     return "\n".join(lines)
 
 
+def one_row_per_key_query(source: Source) -> str:
+    """Whether the source query can give no key twice and no row without a key, by the
+    catalog: the order key is NOT NULL with a unique index of its own, and every join
+    matches at most one row (a unique index of the joined table on columns its
+    condition fixes). One row: ``source_name``, ``one_row_per_key``."""
+    schema = quote_ident(source.schema)
+
+    def unique_on(table: str, columns: Sequence[str]) -> str:
+        regclass = f"{quote_literal(f'{schema}.{quote_ident(table)}')}::regclass"
+        names = ", ".join(quote_literal(c) for c in columns)
+        return f"""exists (
+            select from pg_index as i
+            where i.indrelid = {regclass} and i.indisunique and i.indisvalid
+                and i.indpred is null and i.indexprs is null
+                and not exists (
+                    select from unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) as k (attnum)
+                    where k.attnum not in (
+                        select a.attnum from pg_attribute as a
+                        where a.attrelid = {regclass} and a.attname in ({names}))
+                )
+        )"""
+
+    order_table = f"{quote_literal(f'{schema}.{quote_ident(source.table)}')}::regclass"
+    key_not_null = (f"(select a.attnotnull from pg_attribute as a where a.attrelid ="
+                    f" {order_table} and a.attname = {quote_literal(source.key)})")
+    conditions = [key_not_null, unique_on(source.table, [source.key])]
+    conditions += [unique_on(join.table, [right for _, right in join.on])
+                   for join in source.joins]
+    return (f"select {quote_literal(source.name)}::text as source_name,"
+            f" coalesce({' and '.join(conditions)}, false) as one_row_per_key")
+
+
+ONE_ROW_PER_KEY_SCHEMA: dict[str, pl.DataType] = {
+    "source_name": pl.String(), "one_row_per_key": pl.Boolean()}
+
+
 #: The hash of a canonical row, computed by the server in the source query, over the
 #: whole row (source name and rank, key, every mapped field, missing references) with
 #: each type's own hash function (PostgreSQL 14+; twice as fast as hashing its text).
