@@ -402,3 +402,39 @@ craftsman_name = "maker.craftsman_name"
         assert sorted(found.hashes.rows()) == sorted(expected.hashes.rows())
         assert expected.hashes.height == 1
         assert found.rows == expected.rows == {"s9": 2}
+
+
+def test_a_table_with_inheritance_children_keeps_the_comparison_counting_copies(
+    db: Database, tmp_path: Path
+) -> None:
+    """A primary key of a table that has inheritance children does not cover their
+    rows: the source query (which reads the children too) can give a key twice, so the
+    comparison still counts copies, and finds the key repeated as ``compare`` does."""
+    create_sources(db)
+    config = tmp_path / "config.toml"
+    config.write_text(_S9_CONFIG, encoding="utf-8")
+    source = load_settings(config, dsn=db.libpq_uri()).source("s9")
+    with connection(db) as conn:
+        schema.migrate(conn)
+        execute(conn, "drop schema if exists s9 cascade")
+        execute(conn, "create schema s9")
+        execute(conn, "create table s9.orders as"
+                      " select * from source1.craft_market_wide with no data")
+        execute(conn, "alter table s9.orders add primary key (order_id)")
+        execute(conn, "create table s9.orders_2024 () inherits (s9.orders)")
+        execute(conn, "insert into s9.orders (order_id, product_price) values (1, 10), (2, 20)")
+        execute(conn, "insert into s9.orders_2024 (order_id, product_price) values (2, 20)")
+        pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
+            changes.HASH_SCHEMA)  # type: ignore[arg-type]
+        execute(conn, "delete from craftmart.source_rows")
+        append(conn, "craftmart", "source_rows", pulled.unique("source_order_id", keep="first"))
+        conn.commit()
+        once = fetch_frame(conn, queries.one_row_per_key_query(source))
+        expected = changes.compare(pulled, fetch_frame(
+            conn, "select * from craftmart.source_rows").cast(
+                changes.HASH_SCHEMA))  # type: ignore[arg-type]
+        found = hashes.detect(conn, db, [source])
+    assert once.row(0) == ("s9", False)
+    assert expected.changed.rows() == [("s9", 2)]
+    assert found.changed.rows() == expected.changed.rows()
+    assert found.rows == expected.rows == {"s9": 3}

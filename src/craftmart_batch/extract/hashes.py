@@ -150,8 +150,8 @@ def compare_query(source: Source, *, one_row_per_key: bool = False) -> str:
 
     ``one_row_per_key``: the catalog guarantees that the source query gives each key
     once and every row a key (``queries.one_row_per_key_query``), so its rows are not
-    grouped by key to count their copies (a fifth of the comparison's time at 7.5M
-    rows, docs/benchmarks.md)."""
+    grouped by key to count their copies (13-19% of the comparison's time for source2
+    and source3 at 30M orders, docs/benchmarks.md)."""
     name = quote_literal(source.name)
     if one_row_per_key:
         current_keys = f"""

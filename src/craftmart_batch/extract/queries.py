@@ -209,13 +209,19 @@ def one_row_per_key_query(source: Source) -> str:
     """Whether the source query can give no key twice and no row without a key, by the
     catalog: the order key is NOT NULL with a unique index of its own, and every join
     matches at most one row (a unique index of the joined table on columns its
-    condition fixes). One row: ``source_name``, ``one_row_per_key``."""
+    condition fixes). A table with inheritance children (other than a partitioned
+    table's partitions) never qualifies: its indexes do not cover its children's rows.
+    One row: ``source_name``, ``one_row_per_key``."""
     schema = quote_ident(source.schema)
 
     def unique_on(table: str, columns: Sequence[str]) -> str:
         regclass = f"{quote_literal(f'{schema}.{quote_ident(table)}')}::regclass"
         names = ", ".join(quote_literal(c) for c in columns)
-        return f"""exists (
+        return f"""not exists (
+            select from pg_inherits as h
+            inner join pg_class as c on c.oid = h.inhparent
+            where h.inhparent = {regclass} and c.relkind <> 'p'
+        ) and exists (
             select from pg_index as i
             where i.indrelid = {regclass} and i.indisunique and i.indisvalid
                 and i.indpred is null and i.indexprs is null
