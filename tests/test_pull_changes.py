@@ -23,7 +23,7 @@ from test_incremental import assert_incremental_is_full, set_field
 from craftmart_batch import schema, stages
 from craftmart_batch._database import Database, connection
 from craftmart_batch._sql import Connection, append, execute, fetch_frame
-from craftmart_batch.config import load_settings
+from craftmart_batch.config import Source, load_settings
 from craftmart_batch.extract import hashes, queries
 from craftmart_batch.transform import changes
 
@@ -276,6 +276,47 @@ def _allowed_by(constraint: str, rows: list[tuple[int | None, int]]
     return allowed
 
 
+def _s9(db: Database, tmp_path: Path, config: str = "") -> Source:
+    """The source s9 (``_S9_CONFIG`` and ``config``): an empty table ``s9.orders`` of
+    source1's columns, without constraints, in a migrated warehouse."""
+    create_sources(db)
+    path = tmp_path / "config.toml"
+    path.write_text(_S9_CONFIG + config, encoding="utf-8")
+    with connection(db) as conn:
+        schema.migrate(conn)
+        execute(conn, "drop schema if exists s9 cascade")
+        execute(conn, "create schema s9")
+        execute(conn, "create table s9.orders as"
+                      " select * from source1.craft_market_wide with no data")
+        conn.commit()
+    return load_settings(path, dsn=db.libpq_uri()).source("s9")
+
+
+def _hashes(conn: Connection, query: str) -> pl.DataFrame:
+    return fetch_frame(conn, query).cast(changes.HASH_SCHEMA)  # type: ignore[arg-type]
+
+
+def _one_row_per_key(conn: Connection, source: Source) -> bool:
+    return bool(fetch_frame(conn, queries.one_row_per_key_query(source))["one_row_per_key"]
+                .item())
+
+
+def _keep_hashes(conn: Connection, stored: pl.DataFrame) -> None:
+    """``craftmart.source_rows`` made to hold ``stored``, committed."""
+    execute(conn, "delete from craftmart.source_rows")
+    append(conn, "craftmart", "source_rows", stored)
+    conn.commit()
+
+
+def _compared(conn: Connection, db: Database, source: Source
+              ) -> tuple[changes.SourceDelta, changes.SourceDelta]:
+    """``compare`` over every pulled key and hash, and the comparison a run makes."""
+    pulled = _hashes(conn, queries.pull_query(source, fields=False))
+    stored = _hashes(conn, "select * from craftmart.source_rows")
+    conn.commit()
+    return changes.compare(pulled, stored), hashes.detect(conn, db, [source])
+
+
 _current_rows = st.lists(
     st.tuples(st.one_of(st.none(), st.integers(1, 6)), st.integers(0, 2)), max_size=12
 )
@@ -296,34 +337,22 @@ def test_the_comparison_in_the_server_equals_compare_of_every_hash(
     order key is a primary key (rows not grouped by key), unique but nullable, or free."""
     if key != "no constraint":
         current = _allowed_by(key, current)
-    create_sources(db)
-    config = tmp_path / "config.toml"
-    config.write_text(_S9_CONFIG, encoding="utf-8")
-    source = load_settings(config, dsn=db.libpq_uri()).source("s9")
+    source = _s9(db, tmp_path)
     with connection(db) as conn:
-        schema.migrate(conn)
-        execute(conn, "drop schema if exists s9 cascade")
-        execute(conn, "create schema s9")
-        execute(conn, "create table s9.orders as"
-                      " select * from source1.craft_market_wide with no data")
         if key != "no constraint":
             execute(conn, f"alter table s9.orders add {key} (order_id)")
         for order_id, token in current:
             execute(conn, "insert into s9.orders (order_id, product_name, product_price)"
                           " values ($1, $2, $3)", (order_id, f"item {token}", token))
-        once = fetch_frame(conn, queries.one_row_per_key_query(source))
-        assert once.row(0) == ("s9", key == "primary key")
-        pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
-            changes.HASH_SCHEMA)  # type: ignore[arg-type]
+        assert _one_row_per_key(conn, source) == (key == "primary key")
+        pulled = _hashes(conn, queries.pull_query(source, fields=False))
         hash_of = dict(pulled.filter(pl.col("source_order_id").is_not_null())
                        .select("source_order_id", "row_hash").iter_rows())
         stored = changes.NO_HASHES.vstack(pl.DataFrame(
             [("s9", k, hash_of[k] if how == "same" and k in hash_of else -1)
              for k, how in stored_as.items()],
             schema=changes.HASH_SCHEMA, orient="row"))
-        execute(conn, "delete from craftmart.source_rows")
-        append(conn, "craftmart", "source_rows", stored)
-        conn.commit()
+        _keep_hashes(conn, stored)
     expected = changes.compare(pulled, stored)
     with connection(db) as conn:
         in_server = hashes.detect(conn, db, [source])
@@ -343,9 +372,7 @@ def test_a_join_that_can_match_twice_keeps_the_comparison_counting_copies(
     a joined table without a unique key on its join columns can give an order twice.
     Such a key is changed (repeated), as ``compare`` says; once the joined table's key is
     unique, the rows are compared without grouping and the same answer comes out."""
-    create_sources(db)
-    config = tmp_path / "config.toml"
-    config.write_text(_S9_CONFIG + """
+    source = _s9(db, tmp_path, """
 [[sources.s9.join]]
 name = "maker"
 table = "makers"
@@ -353,39 +380,18 @@ on = { craftsman_id = "craftsman_id" }
 
 [sources.s9.columns]
 craftsman_name = "maker.craftsman_name"
-""", encoding="utf-8")
-    source = load_settings(config, dsn=db.libpq_uri()).source("s9")
-
-    def compared(conn: Connection) -> tuple[bool, changes.SourceDelta, changes.SourceDelta]:
-        pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
-            changes.HASH_SCHEMA)  # type: ignore[arg-type]
-        conn.commit()
-        once = bool(fetch_frame(conn, queries.one_row_per_key_query(source))["one_row_per_key"]
-                    .item())
-        stored = fetch_frame(conn, "select * from craftmart.source_rows").cast(
-            changes.HASH_SCHEMA)  # type: ignore[arg-type]
-        return once, changes.compare(pulled, stored), hashes.detect(conn, db, [source])
-
+""")
     with connection(db) as conn:
-        schema.migrate(conn)
-        execute(conn, "drop schema if exists s9 cascade")
-        execute(conn, "create schema s9")
-        execute(conn, "create table s9.orders as"
-                      " select * from source1.craft_market_wide with no data")
         execute(conn, "alter table s9.orders add primary key (order_id)")
         execute(conn, "create table s9.makers (craftsman_id bigint, craftsman_name text)")
         execute(conn, "insert into s9.orders (order_id, craftsman_id, product_price)"
                       " values (1, 5, 10), (2, 6, 20)")
         execute(conn, "insert into s9.makers values (5, 'Ann'), (6, 'Bo')")
         # the last run saw each order once, as it is now
-        pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
-            changes.HASH_SCHEMA)  # type: ignore[arg-type]
-        execute(conn, "delete from craftmart.source_rows")
-        append(conn, "craftmart", "source_rows", pulled)
+        _keep_hashes(conn, _hashes(conn, queries.pull_query(source, fields=False)))
         execute(conn, "insert into s9.makers values (5, 'Ann')")  # order 1 now twice
-        conn.commit()
-        once, expected, found = compared(conn)
-        assert not once
+        assert not _one_row_per_key(conn, source)
+        expected, found = _compared(conn, db, source)
         assert expected.changed.rows() == [("s9", 1)]
         assert found.changed.rows() == expected.changed.rows()
         assert found.hashes.is_empty() and expected.hashes.is_empty()
@@ -394,9 +400,8 @@ craftsman_name = "maker.craftsman_name"
         execute(conn, "delete from s9.makers where craftsman_id = 5")
         execute(conn, "insert into s9.makers values (5, 'Ann Lee')")
         execute(conn, "alter table s9.makers add primary key (craftsman_id)")
-        conn.commit()
-        once, expected, found = compared(conn)
-        assert once
+        assert _one_row_per_key(conn, source)
+        expected, found = _compared(conn, db, source)
         assert expected.changed.rows() == [("s9", 1)]
         assert found.changed.rows() == expected.changed.rows()
         assert sorted(found.hashes.rows()) == sorted(expected.hashes.rows())
@@ -410,31 +415,17 @@ def test_a_table_with_inheritance_children_keeps_the_comparison_counting_copies(
     """A primary key of a table that has inheritance children does not cover their
     rows: the source query (which reads the children too) can give a key twice, so the
     comparison still counts copies, and finds the key repeated as ``compare`` does."""
-    create_sources(db)
-    config = tmp_path / "config.toml"
-    config.write_text(_S9_CONFIG, encoding="utf-8")
-    source = load_settings(config, dsn=db.libpq_uri()).source("s9")
+    source = _s9(db, tmp_path)
     with connection(db) as conn:
-        schema.migrate(conn)
-        execute(conn, "drop schema if exists s9 cascade")
-        execute(conn, "create schema s9")
-        execute(conn, "create table s9.orders as"
-                      " select * from source1.craft_market_wide with no data")
         execute(conn, "alter table s9.orders add primary key (order_id)")
         execute(conn, "create table s9.orders_2024 () inherits (s9.orders)")
         execute(conn, "insert into s9.orders (order_id, product_price) values (1, 10), (2, 20)")
         execute(conn, "insert into s9.orders_2024 (order_id, product_price) values (2, 20)")
-        pulled = fetch_frame(conn, queries.pull_query(source, fields=False)).cast(
-            changes.HASH_SCHEMA)  # type: ignore[arg-type]
-        execute(conn, "delete from craftmart.source_rows")
-        append(conn, "craftmart", "source_rows", pulled.unique("source_order_id", keep="first"))
-        conn.commit()
-        once = fetch_frame(conn, queries.one_row_per_key_query(source))
-        expected = changes.compare(pulled, fetch_frame(
-            conn, "select * from craftmart.source_rows").cast(
-                changes.HASH_SCHEMA))  # type: ignore[arg-type]
-        found = hashes.detect(conn, db, [source])
-    assert once.row(0) == ("s9", False)
+        # the last run saw each key once, before the child repeated key 2
+        _keep_hashes(conn, _hashes(conn, queries.pull_query(source, fields=False))
+                     .unique("source_order_id", keep="first"))
+        assert not _one_row_per_key(conn, source)
+        expected, found = _compared(conn, db, source)
     assert expected.changed.rows() == [("s9", 2)]
     assert found.changed.rows() == expected.changed.rows()
     assert found.rows == expected.rows == {"s9": 3}
