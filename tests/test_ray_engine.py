@@ -120,16 +120,20 @@ def source_locked(db: Database) -> Iterator[Callable[[], None]]:
 
 class TaskKiller(threading.Thread):
     """In the background: with the source locked, SIGKILL the first task process found
-    (``killed``), then release the lock."""
+    (``killed``), then release the lock. Made once the lock is held: a run started
+    after it cannot read the source before the task is killed."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(daemon=True)
         self.db = db
         self.killed: list[int] = []
+        self.locked = threading.Event()
         self.start()
+        assert self.locked.wait(timeout=60), "the source was not locked"
 
     def run(self) -> None:
         with source_locked(self.db) as release:
+            self.locked.set()
             victim = wait_for(task_pids)[0]
             os.kill(victim, signal.SIGKILL)
             wait_for(lambda: victim not in task_pids())
