@@ -18,9 +18,7 @@ import time
 from craftmart_batch._database import Database, connection, parse_dsn
 from craftmart_batch._sql import fetch_frame
 from craftmart_batch.config import load_settings
-from craftmart_batch.extract import read
-from craftmart_batch.extract.hashes import compare_query
-from craftmart_batch.extract.queries import ONE_ROW_PER_KEY_SCHEMA, one_row_per_key_query
+from craftmart_batch.extract.hashes import compare_query, one_row_per_key
 
 
 def main() -> int:
@@ -31,15 +29,14 @@ def main() -> int:
     settings = load_settings(None, dsn=args.dsn)
     db = Database(parse_dsn(args.dsn))
     local = [s for s in settings.sources if s.shares_warehouse]
-    layout = read.per_source(db, local, one_row_per_key_query, ONE_ROW_PER_KEY_SCHEMA)
-    once = set(layout.filter("one_row_per_key")["source_name"].to_list())
+    once = one_row_per_key(db, local)
     print(f"{'source':<18} {'round':>5} {'as a run sends it':>18} {'grouped by key':>15}")
     for round_ in range(1, args.repeat + 1):
         for source in local:
-            shapes = [source.name in once] + ([False] if source.name in once else [])
+            shapes = [True, False] if source.name in once else [False]
             seconds = []
-            for one_row_per_key in shapes:
-                query = compare_query(source, one_row_per_key=one_row_per_key)
+            for once_per_key in shapes:
+                query = compare_query(source, one_row_per_key=once_per_key)
                 with connection(db) as conn:
                     started = time.perf_counter()
                     fetch_frame(conn, f"select count(*) from ({query}) as compared")

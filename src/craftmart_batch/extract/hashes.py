@@ -116,9 +116,16 @@ def read_every_run(conn: Connection, sources: Sequence[Source]) -> tuple[pl.Data
     return keys.select("source_name", pl.col("source_order_id").cast(pl.Int64)), keyless
 
 
-def _compared_in_server(db: Database, sources: Sequence[Source]) -> SourceDelta:
+def one_row_per_key(db: Database, sources: Sequence[Source]) -> set[str]:
+    """The names of the ``sources`` whose catalog rules out a key given twice or a row
+    without a key (``queries.one_row_per_key_query``): their comparison need not group
+    rows by key."""
     layout = read.per_source(db, sources, one_row_per_key_query, ONE_ROW_PER_KEY_SCHEMA)
-    once = set(layout.filter("one_row_per_key")["source_name"].to_list())
+    return set(layout.filter("one_row_per_key")["source_name"].to_list())
+
+
+def _compared_in_server(db: Database, sources: Sequence[Source]) -> SourceDelta:
+    once = one_row_per_key(db, sources)
     found = read.read_queries(
         db, [compare_query(s, one_row_per_key=s.name in once) for s in sources], _COMPARED,
         sources)
